@@ -1,0 +1,170 @@
+"""Validate → dedupe → persist, shared by every ingest API.
+
+Routes parse their own payload shapes into :class:`IngestItem` lists and
+:class:`Rejection` lists; this module stores both in one transaction. When it
+returns, the accepted items are committed (durable), duplicates were skipped, and
+every rejection is kept where operators can see it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, delete, insert, select
+
+from propel import faults
+from propel.db.engine import Database
+from propel.db.meta import upsert_insert, utcnow
+from propel.ingest.records import EventRecord, IngestItem, Rejection
+from propel.ingest.tables import dedupe_keys, recent_events, rejections
+from propel.profiles import apply_update, merge_identities
+
+MAX_KEPT_RECORD_BYTES = 4096
+# SQLite allows 32766 bound parameters per statement; 3 per dedupe row.
+_DEDUPE_CHUNK = 5000
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [r.as_dict() for r in self.rejected],
+        }
+
+
+def _fresh_hashes(conn: Connection, account_id: str, hashes: list[int], day: int) -> set[int]:
+    fresh: set[int] = set()
+    for start in range(0, len(hashes), _DEDUPE_CHUNK):
+        chunk = hashes[start : start + _DEDUPE_CHUNK]
+        stmt = (
+            upsert_insert(conn.dialect.name, dedupe_keys)
+            .values([{"account_id": account_id, "key_hash": h, "day": day} for h in chunk])
+            .on_conflict_do_nothing()
+            .returning(dedupe_keys.c.key_hash)
+        )
+        fresh.update(conn.execute(stmt).scalars())
+    return fresh
+
+
+def _event_row(account_id: str, ev: EventRecord, now_us: int, source: str) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "kind": ev.kind,
+        "message_id": ev.message_id,
+        "identity": ev.identity,
+        "name": ev.name,
+        "ts": ev.ts,
+        "received_at": now_us,
+        "source": source,
+        "properties": ev.properties,
+    }
+
+
+def _rejection_row(account_id: str, source: str, rej: Rejection) -> dict[str, Any]:
+    record = orjson.dumps(rej.record, default=str).decode()
+    if len(record) > MAX_KEPT_RECORD_BYTES:
+        record = record[:MAX_KEPT_RECORD_BYTES] + "…"
+    return {
+        "account_id": account_id,
+        "source": source,
+        "received_at": utcnow(),
+        "field": rej.field[:200],
+        "reason": rej.reason[:500],
+        "record": record,
+    }
+
+
+def store_items(
+    conn: Connection,
+    account_id: str,
+    items: list[IngestItem],
+    rejected: list[Rejection],
+    source: str,
+) -> IngestResult:
+    """The transaction body: call inside :meth:`Database.write`."""
+    now_us = time.time_ns() // 1000
+    day = now_us // 86_400_000_000
+    result = IngestResult(rejected=rejected)
+    unique: dict[int, IngestItem] = {}
+    for item in items:
+        unique.setdefault(item.key_hash, item)
+    fresh = _fresh_hashes(conn, account_id, list(unique), day) if unique else set()
+    rows: list[dict[str, Any]] = []
+    for key, item in unique.items():
+        if key not in fresh:
+            continue
+        if item.alias is not None:
+            change = merge_identities(conn, account_id, item.alias[0], item.alias[1], now_us)
+            if change is not None:
+                rows.append(_event_row(account_id, change, now_us, source))
+        if item.profile is not None:
+            change = apply_update(conn, account_id, item.profile, now_us)
+            if change is not None:
+                rows.append(_event_row(account_id, change, now_us, source))
+        if item.event is not None:
+            rows.append(_event_row(account_id, item.event, now_us, source))
+    if rows:
+        conn.execute(insert(recent_events), rows)
+    if rejected:
+        conn.execute(insert(rejections), [_rejection_row(account_id, source, r) for r in rejected])
+    result.accepted = len(fresh)
+    result.duplicates = len(items) - len(fresh)
+    return result
+
+
+async def ingest(
+    db: Database, account_id: str, items: list[IngestItem], rejected: list[Rejection], source: str
+) -> IngestResult:
+    result = await db.awrite(lambda conn: store_items(conn, account_id, items, rejected, source))
+    faults.crash_point("ingest.after_commit")
+    return result
+
+
+def ingest_sync(
+    db: Database, account_id: str, items: list[IngestItem], rejected: list[Rejection], source: str
+) -> IngestResult:
+    result = db.write(lambda conn: store_items(conn, account_id, items, rejected, source))
+    faults.crash_point("ingest.after_commit")
+    return result
+
+
+def prune_dedupe_keys(db: Database, keep_days: int) -> int:
+    """Forget message ids older than the dedupe window (whole days at a time)."""
+    oldest_kept = time.time_ns() // 1000 // 86_400_000_000 - keep_days
+    return db.write(
+        lambda conn: conn.execute(delete(dedupe_keys).where(dedupe_keys.c.day < oldest_kept))
+        .rowcount
+    )
+
+
+def list_rejections(
+    db: Database, account_id: str, *, source: str | None = None, before_id: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    query = select(rejections).where(rejections.c.account_id == account_id)
+    if source:
+        query = query.where(rejections.c.source == source)
+    if before_id:
+        query = query.where(rejections.c.id < before_id)
+    with db.read() as conn:
+        rows = conn.execute(query.order_by(rejections.c.id.desc()).limit(limit)).all()
+    return [
+        {
+            "id": r.id,
+            "source": r.source,
+            "received_at": r.received_at.isoformat(),
+            "field": r.field,
+            "reason": r.reason,
+            "record": orjson.loads(r.record) if not r.record.endswith("…") else r.record,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,529 @@
+"""BG/NBD ("beta-geometric / negative binomial distribution") buy-till-you-die model.
+
+Reference: P. S. Fader, B. G. S. Hardie and K. L. Lee (2005), "Counting your customers the
+easy way: an alternative to the Pareto/NBD model", Marketing Science 24(2), 275-284.
+
+Model, per customer (time measured from the customer's *first* purchase):
+
+* while alive, repeat purchases follow a Poisson process with rate ``lambda``;
+* right after every repeat purchase the customer drops out for good with probability ``p``
+  (so a customer is always alive until their first repeat purchase);
+* ``lambda ~ Gamma(shape=r, rate=alpha)`` and ``p ~ Beta(a, b)`` across customers,
+  independently.
+
+A customer's calibration history is summarised by ``(x, t_x, T)``: ``x`` repeat purchases,
+the last one ``t_x`` after the first purchase, observed for ``T`` since the first purchase.
+That triple is a sufficient statistic, which is why fitting groups identical triples and only
+evaluates the likelihood once per distinct triple.
+
+Only numpy/scipy are used so that the platform does not need ``lifetimes`` (unmaintained) or a
+PPL at runtime; the implementation reproduces the published CDNOW estimates (see the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import optimize, special
+
+__all__ = [
+    "BetaGeoModel",
+    "NotFittedError",
+    "rfm_from_transactions",
+    "simulate_bgnbd",
+]
+
+ArrayLike = npt.ArrayLike
+
+#: Fewer customers than this cannot identify four parameters; refusing early gives a clearer
+#: message than an optimiser that wanders off to a boundary.
+MIN_CUSTOMERS = 10
+
+# Optimisation happens on log-parameters; the box keeps every evaluation finite (exp(+-30) is
+# far outside any meaningful parameter value) so L-BFGS-B never sees inf/nan.
+_LOG_BOUND = 30.0
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a prediction is requested before ``fit`` (same bases as scikit-learn's)."""
+
+
+# --------------------------------------------------------------------------------------------
+# input handling
+# --------------------------------------------------------------------------------------------
+
+
+def _as_vectors(**named: ArrayLike) -> list[np.ndarray]:
+    """Convert inputs to 1-d float arrays of one common length.
+
+    Scalars are broadcast (handy for ``model.probability_alive(2, 30.4, 38.9)``), but two
+    vectors of different lengths are an error: silently broadcasting a length-1 column
+    against a full one usually hides a bug in the caller's data preparation.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in named.items():
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be numeric: {exc}") from exc
+        if arr.ndim > 1:
+            raise ValueError(f"{name} must be a scalar or a 1-d array, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if np.any(arr < 0):
+            raise ValueError(f"{name} contains negative values")
+        arrays[name] = arr
+    lengths = {name: arr.shape[0] for name, arr in arrays.items() if arr.ndim == 1}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise ValueError(f"input lengths differ: {detail}")
+    n = next(iter(lengths.values()), 1)
+    return [np.broadcast_to(arr, (n,)).astype(float) for arr in arrays.values()]
+
+
+def _check_rft(frequency: np.ndarray, recency: np.ndarray, T: np.ndarray) -> None:
+    """Reject histories that the model assigns zero probability to."""
+    if np.any(frequency != np.round(frequency)):
+        raise ValueError("frequency must contain whole numbers (counts of repeat purchases)")
+    if np.any(recency > T):
+        raise ValueError("recency must not exceed T (last purchase after end of observation)")
+    if np.any((frequency == 0) & (recency > 0)):
+        raise ValueError("recency must be 0 for customers with frequency 0")
+
+
+# --------------------------------------------------------------------------------------------
+# likelihood
+# --------------------------------------------------------------------------------------------
+
+
+def _log_likelihood_terms(
+    params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, with_grad: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-row log-likelihood (FHL 2005 eq. 6) and optionally its gradient w.r.t. log-params.
+
+    ``L = A1 * [ exp(A2) + 1{x>0} exp(A3) ]`` with
+
+    * ``A1 = lnG(r+x) - lnG(r) + r ln(alpha)``
+    * ``A2 = lnB(a, b+x) - lnB(a, b) - (r+x) ln(alpha+T)``      (still alive at T)
+    * ``A3 = lnB(a+1, b+x-1) - lnB(a, b) - (r+x) ln(alpha+t_x)`` (dropped out after t_x)
+
+    Working with log-terms and ``logaddexp`` avoids the overflow of ``Gamma(r+x)`` and of
+    ``(alpha+T)^(r+x)`` for heavy buyers, which the textbook product form hits quickly.
+    The analytic gradient lets L-BFGS-B converge tightly enough to reproduce published
+    estimates to 3 decimals without finite-difference noise.
+    """
+    r, alpha, a, b = params
+    has_rep = x > 0
+    log_beta_ab = special.betaln(a, b)
+    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
+    a2 = special.betaln(a, b + x) - log_beta_ab - (r + x) * np.log(alpha + T)
+    # b + x - 1 is only used where x >= 1, so it is always > 0 there; elsewhere use a dummy.
+    bx1 = np.where(has_rep, b + x - 1.0, 1.0)
+    a3 = special.betaln(a + 1.0, bx1) - log_beta_ab - (r + x) * np.log(alpha + t_x)
+    a3 = np.where(has_rep, a3, -np.inf)
+    lse = np.logaddexp(a2, a3)
+    ll = a1 + lse
+    if not with_grad:
+        return ll, None
+
+    w2 = np.exp(a2 - lse)
+    w3 = np.exp(a3 - lse)  # exactly 0 where x == 0
+    psi = special.digamma
+    psi_ab = psi(a + b)
+    psi_abx = psi(a + b + x)
+    d_r = (psi(r + x) - psi(r) + np.log(alpha)) - w2 * np.log(alpha + T) - w3 * np.log(
+        alpha + t_x
+    )
+    d_alpha = r / alpha - (r + x) * (w2 / (alpha + T) + w3 / (alpha + t_x))
+    d_a = w2 * (psi_ab - psi_abx) + w3 * (psi(a + 1.0) - psi(a) + psi_ab - psi_abx)
+    d_b = w2 * (psi(b + x) - psi(b) + psi_ab - psi_abx) + w3 * (
+        psi(bx1) - psi(b) + psi_ab - psi_abx
+    )
+    # chain rule for theta = exp(log_theta): d/dlog_theta = theta * d/dtheta
+    grad = np.stack([d_r * r, d_alpha * alpha, d_a * a, d_b * b], axis=1)
+    return ll, grad
+
+
+def _group_rows(
+    x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Collapse identical ``(x, t_x, T)`` rows into one row with summed weight.
+
+    Real data are measured in whole days, so a million customers typically produce only tens
+    of thousands of distinct triples; the likelihood cost then scales with the latter.
+    """
+    rows = np.column_stack([x, t_x, T])
+    uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+    summed = np.bincount(inverse.ravel(), weights=weights, minlength=uniq.shape[0])
+    keep = summed > 0
+    uniq = uniq[keep]
+    return uniq[:, 0], uniq[:, 1], uniq[:, 2], summed[keep]
+
+
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+
+
+class BetaGeoModel:
+    """BG/NBD model with a scikit-learn style ``fit`` / fitted-attribute interface.
+
+    Parameters
+    ----------
+    penalizer:
+        L2 penalty ``penalizer * (r^2 + alpha^2 + a^2 + b^2)`` added to the *mean* negative
+        log-likelihood -- the same convention as the ``lifetimes`` package, so a penalizer
+        value tuned there carries over. It is useful when the MLE runs off to a boundary
+        (e.g. ``a, b -> inf`` when nobody seems to churn). 0 gives the plain MLE.
+    max_iter:
+        Iteration cap for L-BFGS-B.
+    tol:
+        Convergence tolerance handed to L-BFGS-B (relative objective change and projected
+        gradient of the mean negative log-likelihood, in log-parameter space).
+
+    Fitted attributes: ``r_, alpha_, a_, b_`` (estimates), ``log_likelihood_`` (total,
+    weighted, unpenalised log-likelihood at the estimate), ``n_iter_``, ``converged_``.
+    """
+
+    def __init__(self, penalizer: float = 0.0, max_iter: int = 2000, tol: float = 1e-10) -> None:
+        self.penalizer = penalizer
+        self.max_iter = max_iter
+        self.tol = tol
+
+    # -- construction helpers ------------------------------------------------------------
+
+    @classmethod
+    def from_params(cls, r: float, alpha: float, a: float, b: float) -> BetaGeoModel:
+        """Build a model from known parameters (stored estimates, simulations) without fitting."""
+        values = np.array([r, alpha, a, b], dtype=float)
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError("r, alpha, a and b must all be finite and > 0")
+        model = cls()
+        model.r_, model.alpha_, model.a_, model.b_ = (float(v) for v in values)
+        return model
+
+    @property
+    def params_(self) -> dict[str, float]:
+        self._check_fitted()
+        return {"r": self.r_, "alpha": self.alpha_, "a": self.a_, "b": self.b_}
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "r_"):
+            raise NotFittedError("BetaGeoModel is not fitted yet; call fit() or from_params()")
+
+    # -- fitting -------------------------------------------------------------------------
+
+    def fit(
+        self,
+        frequency: ArrayLike,
+        recency: ArrayLike,
+        T: ArrayLike,
+        weights: ArrayLike | None = None,
+    ) -> BetaGeoModel:
+        """Maximum-likelihood fit on calibration summaries.
+
+        ``weights`` are counts (or any non-negative multiplicities) of each row, e.g. from a
+        pre-aggregated table. Rows are grouped by ``(frequency, recency, T)`` internally in any
+        case, so passing raw per-customer arrays is just as fast.
+        """
+        if self.penalizer < 0 or not np.isfinite(self.penalizer):
+            raise ValueError("penalizer must be a finite number >= 0")
+        if int(self.max_iter) < 1:
+            raise ValueError("max_iter must be >= 1")
+        if not self.tol > 0:
+            raise ValueError("tol must be > 0")
+        if weights is None:
+            x, t_x, T_, w = _as_vectors(frequency=frequency, recency=recency, T=T, weights=1.0)
+        else:
+            x, t_x, T_, w = _as_vectors(frequency=frequency, recency=recency, T=T, weights=weights)
+        _check_rft(x, t_x, T_)
+        if w.sum() < MIN_CUSTOMERS:
+            raise ValueError(
+                f"need at least {MIN_CUSTOMERS} customers to fit the model, got {w.sum():g}"
+            )
+        if np.all(T_ == 0):
+            raise ValueError("all customers have T == 0: nothing has been observed yet")
+
+        x, t_x, T_, w = _group_rows(x, t_x, T_, w)
+        total_w = w.sum()
+        penalizer = float(self.penalizer)
+
+        def objective(log_params: np.ndarray) -> tuple[float, np.ndarray]:
+            params = np.exp(log_params)
+            ll, grad = _log_likelihood_terms(params, x, t_x, T_, with_grad=True)
+            assert grad is not None
+            value = -(w @ ll) / total_w + penalizer * np.sum(params**2)
+            gradient = -(w @ grad) / total_w + 2.0 * penalizer * params**2
+            return float(value), gradient
+
+        bounds = [(-_LOG_BOUND, _LOG_BOUND)] * 4
+        options = {"maxiter": int(self.max_iter), "maxfun": 10 * int(self.max_iter)}
+        best = None
+        n_iter = 0
+        # The likelihood surface is usually well-behaved but flat in (a, b) jointly; a second
+        # start protects against a poor local stop, and a restart from the winner ("polish")
+        # discards the stale L-BFGS curvature memory to tighten the final digits.
+        for start in (np.zeros(4), np.log([0.1, 1.0, 0.1, 1.0])):
+            res = optimize.minimize(
+                objective, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                tol=self.tol, options=options,
+            )
+            n_iter += int(res.nit)
+            if best is None or res.fun < best.fun:
+                best = res
+        assert best is not None
+        polish = optimize.minimize(
+            objective, best.x, jac=True, method="L-BFGS-B", bounds=bounds,
+            tol=self.tol, options=options,
+        )
+        n_iter += int(polish.nit)
+        if polish.fun <= best.fun:
+            best = polish
+
+        params = np.exp(best.x)
+        self.r_, self.alpha_, self.a_, self.b_ = (float(v) for v in params)
+        ll, _ = _log_likelihood_terms(params, x, t_x, T_)
+        self.log_likelihood_ = float(w @ ll)
+        self.n_iter_ = n_iter
+        on_boundary = bool(np.any(np.abs(best.x) >= _LOG_BOUND - 1e-6))
+        self.converged_ = bool(best.success) and not on_boundary
+        self.n_customers_ = float(total_w)
+        return self
+
+    def log_likelihood(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """Per-customer log-likelihood under the fitted parameters (for model comparison)."""
+        self._check_fitted()
+        x, t_x, T_ = _as_vectors(frequency=frequency, recency=recency, T=T)
+        _check_rft(x, t_x, T_)
+        params = np.array([self.r_, self.alpha_, self.a_, self.b_])
+        return _log_likelihood_terms(params, x, t_x, T_)[0]
+
+    # -- predictions ---------------------------------------------------------------------
+
+    def _prepare(
+        self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, t: ArrayLike | None = None
+    ) -> list[np.ndarray]:
+        self._check_fitted()
+        if t is None:
+            x, t_x, T_ = _as_vectors(frequency=frequency, recency=recency, T=T)
+            out = [x, t_x, T_]
+        else:
+            t_, x, t_x, T_ = _as_vectors(t=t, frequency=frequency, recency=recency, T=T)
+            out = [t_, x, t_x, T_]
+        _check_rft(x, t_x, T_)
+        return out
+
+    def _log_odds_dead(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """``log[P(dead at T | hist) / P(alive at T | hist)]`` (FHL 2005 eq. 13, rearranged).
+
+        The ratio is ``a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x)`` for ``x > 0`` and 0 (the
+        customer cannot have dropped out) for ``x == 0``. Kept in log form because the power
+        overflows for frequent buyers who have been silent for a long time.
+        """
+        r, alpha, a, b = self.r_, self.alpha_, self.a_, self.b_
+        has_rep = x > 0
+        bx1 = np.where(has_rep, b + x - 1.0, 1.0)
+        z = np.log(a) - np.log(bx1) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+        return np.where(has_rep, z, -np.inf)
+
+    def probability_alive(
+        self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> np.ndarray:
+        """P(customer still alive at T | x, t_x, T)."""
+        x, t_x, T_ = self._prepare(frequency, recency, T)
+        return special.expit(-self._log_odds_dead(x, t_x, T_))
+
+    def expected_transactions(
+        self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> np.ndarray:
+        """E[X(T, T+t] | x, t_x, T]: expected repeat purchases in the next ``t`` periods.
+
+        Why this form: given alive at T with rate lambda and dropout p, the expected number of
+        purchases in the next t is ``(1 - exp(-lambda p t)) / p`` (purchases arrive at rate
+        lambda until a geometric number of them ends the process). Averaging over the
+        posterior ``lambda ~ Gamma(r+x, alpha+T)``, ``p ~ Beta(a, b+x)`` (the posterior given
+        "alive at T") and multiplying by P(alive) gives FHL 2005 eq. 10:
+
+            P_alive * (a+b+x-1)/(a-1)
+                    * [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; t/(alpha+T+t))]
+
+        The Gauss hypergeometric function is only reliable over part of its parameter space
+        and the prefactor is singular at a == 1, so instead of the closed form the p-integral
+        is evaluated directly by Gauss-Jacobi quadrature (exact weight p^(a-1)(1-p)^(b+x-1),
+        smooth bounded integrand). The tests compare it against the closed form and against
+        simulation.
+        """
+        t_, x, t_x, T_ = self._prepare(frequency, recency, T, t)
+        r, alpha, a, b = self.r_, self.alpha_, self.a_, self.b_
+        p_alive = special.expit(-self._log_odds_dead(x, t_x, T_))
+        shape = r + x
+        scale = t_ / (alpha + T_)  # p * scale = p t / (alpha + T)
+        cond = np.zeros_like(x)
+        # nodes depend on b + x only, and frequencies take few distinct values
+        for xv in np.unique(x):
+            idx = np.nonzero(x == xv)[0]
+            nodes, wts = _beta_quadrature(a, b + xv)
+            u = np.outer(scale[idx], nodes)  # p t / (alpha+T) at each node
+            # (1 - (1+u)^-shape) / p, written with expm1/log1p so tiny u keeps full precision
+            g = -np.expm1(-shape[idx, None] * np.log1p(u)) / nodes
+            cond[idx] = g @ wts
+        return p_alive * cond
+
+    def probability_at_least_one(
+        self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> np.ndarray:
+        """P(X(T, T+t] >= 1 | x, t_x, T): chance of at least one purchase in the next ``t``.
+
+        Derivation. Condition on the state at T.
+
+        * Dead at T (probability ``1 - P_alive``): no further purchases, ever.
+        * Alive at T: in the BG/NBD a customer can only drop out *immediately after a
+          purchase*, so "no purchase in (T, T+t]" is exactly "the next Poisson arrival comes
+          after T+t", which (memorylessness) has probability ``exp(-lambda t)`` whatever p is.
+          Given the history and being alive, lambda's posterior is
+          ``Gamma(shape r+x, rate alpha+T)`` -- the alive-branch likelihood is
+          ``(1-p)^x lambda^x exp(-lambda T)``, so p drops out of the lambda posterior. Its
+          Laplace transform gives ``E[exp(-lambda t)] = ((alpha+T)/(alpha+T+t))^(r+x)``.
+
+        Hence ``P(X=0 | hist) = 1 - P_alive + P_alive * ((alpha+T)/(alpha+T+t))^(r+x)`` and
+
+            P(X >= 1 | hist) = P_alive * (1 - ((alpha+T)/(alpha+T+t))^(r+x)).
+
+        This is *not* ``1 - exp(-E[X])`` nor a Poisson approximation: those overstate the
+        probability for customers who are probably already gone. Checked against simulation
+        of the generative process in the tests.
+        """
+        t_, x, t_x, T_ = self._prepare(frequency, recency, T, t)
+        r, alpha = self.r_, self.alpha_
+        p_alive = special.expit(-self._log_odds_dead(x, t_x, T_))
+        p_purchase_if_alive = -np.expm1(-(r + x) * np.log1p(t_ / (alpha + T_)))
+        return p_alive * p_purchase_if_alive
+
+    def __repr__(self) -> str:
+        if hasattr(self, "r_"):
+            return (
+                f"BetaGeoModel(r={self.r_:.4g}, alpha={self.alpha_:.4g}, "
+                f"a={self.a_:.4g}, b={self.b_:.4g})"
+            )
+        return f"BetaGeoModel(penalizer={self.penalizer}, max_iter={self.max_iter}, tol={self.tol})"
+
+
+_QUAD_POINTS = 64
+
+
+def _beta_quadrature(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes/weights on (0, 1) so that ``sum(w * g(nodes)) ~= E[g(p)]``, ``p ~ Beta(a, b)``.
+
+    Gauss-Jacobi puts the (possibly singular, for a < 1) beta density into the weight
+    function, so smooth integrands converge geometrically with the number of nodes.
+    """
+    # roots_jacobi integrates (1-y)^alpha (1+y)^beta on [-1, 1]; p = (1+y)/2
+    y, w = special.roots_jacobi(_QUAD_POINTS, b - 1.0, a - 1.0)
+    nodes = (1.0 + y) / 2.0
+    w = w / w.sum()
+    return nodes, w
+
+
+# --------------------------------------------------------------------------------------------
+# data preparation and simulation
+# --------------------------------------------------------------------------------------------
+
+
+def rfm_from_transactions(
+    customer_ids: Sequence[Any] | np.ndarray,
+    dates: Sequence[Any] | np.ndarray,
+    calibration_end: Any,
+    freq_unit_days: float = 7.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Summarise a transaction log into BG/NBD inputs ``(ids, frequency, recency, T)``.
+
+    * Purchases on the same calendar day are merged: the model's Poisson process counts
+      purchase occasions, and several order lines on one day (a basket split by the shop
+      system) are not independent arrivals. This matches FHL 2005's CDNOW preparation.
+    * ``frequency`` = number of distinct purchase days up to and including
+      ``calibration_end``, minus one (the first purchase starts the clock and is not counted).
+    * ``recency`` = last - first purchase day, ``T`` = ``calibration_end`` - first purchase
+      day, both in units of ``freq_unit_days`` (7 = weeks).
+    * Customers whose first purchase is after ``calibration_end`` are left out (they have no
+      calibration history); transactions after ``calibration_end`` are ignored.
+
+    ``dates`` may be anything numpy converts to ``datetime64`` (``datetime.date``/``datetime``
+    objects, ISO strings, a ``datetime64`` array or a pandas datetime column's ``.to_numpy()``);
+    times of day are truncated to the day. ``ids`` is sorted.
+    """
+    ids = np.asarray(customer_ids)
+    try:
+        days = np.asarray(dates, dtype="datetime64[D]")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dates could not be converted to datetime64: {exc}") from exc
+    if ids.ndim != 1 or days.ndim != 1:
+        raise ValueError("customer_ids and dates must be 1-d")
+    if ids.shape[0] != days.shape[0]:
+        raise ValueError(
+            f"customer_ids and dates have different lengths: {ids.shape[0]} != {days.shape[0]}"
+        )
+    if np.any(np.isnat(days)):
+        raise ValueError("dates contains missing values (NaT)")
+    if not (np.isfinite(freq_unit_days) and freq_unit_days > 0):
+        raise ValueError("freq_unit_days must be > 0")
+    end = np.datetime64(calibration_end, "D")
+    if np.isnat(end):
+        raise ValueError("calibration_end must be a date")
+
+    keep = days <= end
+    uniq_ids, inverse = np.unique(ids[keep], return_inverse=True)
+    day_num = days[keep].astype(np.int64)
+    # one row per (customer, day): sorted by customer, then day
+    pairs = np.unique(np.column_stack([inverse.ravel(), day_num]), axis=0)
+    _, first_idx, n_days = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+    first = pairs[first_idx, 1]
+    last = pairs[first_idx + n_days - 1, 1]
+    end_num = end.astype(np.int64)
+    frequency = (n_days - 1).astype(float)
+    recency = (last - first) / freq_unit_days
+    T = (end_num - first) / freq_unit_days
+    return uniq_ids, frequency, recency.astype(float), T.astype(float)
+
+
+def simulate_bgnbd(
+    n: int,
+    r: float,
+    alpha: float,
+    a: float,
+    b: float,
+    T: ArrayLike,
+    seed: int | np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``(frequency, recency, T)`` for ``n`` customers from the BG/NBD generative process.
+
+    Exists so that estimation and predictions can be tested against data whose true
+    parameters are known. ``T`` is a scalar or one observation length per customer.
+    Vectorised over customers: each loop round advances every still-active customer by one
+    inter-purchase time, so the loop runs about as many rounds as the busiest customer buys.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if min(r, alpha, a, b) <= 0:
+        raise ValueError("r, alpha, a and b must be > 0")
+    rng = np.random.default_rng(seed)
+    T_arr = np.broadcast_to(np.asarray(T, dtype=float), (n,)).copy()
+    if np.any(T_arr < 0) or not np.all(np.isfinite(T_arr)):
+        raise ValueError("T must be finite and >= 0")
+    lam = rng.gamma(shape=r, scale=1.0 / alpha, size=n)
+    p = rng.beta(a, b, size=n)
+    frequency = np.zeros(n)
+    recency = np.zeros(n)
+    clock = np.zeros(n)
+    active = np.arange(n)  # alive and not yet past T
+    while active.size:
+        clock[active] += rng.exponential(1.0, size=active.size) / lam[active]
+        bought = clock[active] <= T_arr[active]
+        active = active[bought]
+        frequency[active] += 1
+        recency[active] = clock[active]
+        survives = rng.random(active.size) >= p[active]
+        active = active[survives]
+    return frequency, recency, T_arr
