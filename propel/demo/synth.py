@@ -591,13 +591,13 @@ def _block_events(app: SyntheticApp, block: int, n: int, days: int, end_us: int,
     v_ts = s_start[v_sess] + v_off
     # products: near the user's price level, often from the favourite category
     center = _sigmoid(1.702 * p["price_z"][v_user])
-    q = np.clip(center + 0.2 * rng.standard_normal(len(v_sess)), 0.0, 0.999)
+    quantile = np.clip(center + 0.2 * rng.standard_normal(len(v_sess)), 0.0, 0.999)
     fav = rng.random(len(v_sess)) < 0.45
     fcat = p["favorite"][v_user]
     product = np.where(
         fav,
-        cat.cat_start[fcat] + (q * cat.cat_size[fcat]).astype(np.int64),
-        cat.by_price[(q * len(cat.by_price)).astype(np.int64)],
+        cat.cat_start[fcat] + (quantile * cat.cat_size[fcat]).astype(np.int64),
+        cat.by_price[(quantile * len(cat.by_price)).astype(np.int64)],
     )
     carted = rng.random(len(v_sess)) < p["cart_rate"][v_user]
     cart_delay = _SECOND_US + np.minimum(rng.exponential(12.0 * _SECOND_US, len(v_sess)),
@@ -690,12 +690,17 @@ def _block_events(app: SyntheticApp, block: int, n: int, days: int, end_us: int,
 
 def _iter_events(app: SyntheticApp, users: int, days: int, end: datetime,
                  chunk_users: int) -> Iterator[pa.Table]:
+    # Checked here, not inside the generator, so bad arguments fail at the call site.
     if days < 1 or int(days) != days:
         raise ValueError("days must be a positive integer")
     if chunk_users < 1:
         raise ValueError("chunk_users must be >= 1")
-    days = int(days)
-    end_us = _end_us(end)
+    _blocks(users)
+    return _event_chunks(app, users, int(days), _end_us(end), int(chunk_users))
+
+
+def _event_chunks(app: SyntheticApp, users: int, days: int, end_us: int,
+                  chunk_users: int) -> Iterator[pa.Table]:
     grid = _day_grid(end_us - days * _DAY_US, days)
     width = _id_width(users)
     pending: list[tuple[int, np.ndarray, pa.Table]] = []  # (first user, row offsets, table)

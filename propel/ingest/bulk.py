@@ -251,14 +251,11 @@ def import_file(propel: Propel, account_id: str, spec: ImportSpec,
         with hold(propel.db, LAKE_LEASE, ttl_seconds=3600, wait_seconds=120):
             done_through = propel.lake.transaction_version(app_id)
             reader = con.sql(query).to_arrow_reader(min(chunk_rows, 1 << 17))
-            pending: list[pa.RecordBatch] = []
-            pending_rows, chunk_no = 0, 0
-            for batch in _rebatch(reader, chunk_rows):
-                chunk_no += 1
+            for chunk_no, batch in enumerate(_rebatch(reader, chunk_rows), start=1):
                 table = pa.Table.from_batches([batch])
                 bad = pc.is_valid(table.column("reason"))
                 good = table.filter(pc.invert(bad))
-                if bad.true_count if hasattr(bad, "true_count") else pc.sum(bad).as_py():
+                if pc.any(bad).as_py():
                     rejects.append(table.filter(bad))
                 if chunk_no <= done_through:
                     summary.already_imported += good.num_rows
@@ -269,7 +266,6 @@ def import_file(propel: Propel, account_id: str, spec: ImportSpec,
                 summary.rows += table.num_rows
                 if on_progress:
                     on_progress(summary.rows, total)
-            del pending, pending_rows
     except duckdb.Error as exc:
         raise ImportError_(f"cannot read {spec.path.name}: {exc}") from None
     finally:

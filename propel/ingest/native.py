@@ -39,7 +39,8 @@ def parse_event(raw: Any, account_id: str) -> IngestItem:
         raise Invalid("", "must be a JSON object")
     unknown = set(raw) - EVENT_FIELDS
     if unknown:
-        raise Invalid(sorted(unknown)[0], f"unknown field; allowed: {', '.join(sorted(EVENT_FIELDS))}")
+        allowed = ", ".join(sorted(EVENT_FIELDS))
+        raise Invalid(sorted(unknown)[0], f"unknown field; allowed: {allowed}")
     check_size(raw)
     message_id = raw.get("message_id")
     message_id = check_message_id(message_id) if message_id is not None else content_id(raw)

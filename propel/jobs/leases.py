@@ -40,8 +40,9 @@ def try_acquire(db: Database, name: str, owner: str, ttl_seconds: float) -> bool
             upsert_insert(conn.dialect.name, leases)
             .values(name=name, owner=owner, expires_at=expires)
             .on_conflict_do_nothing()
-        ).rowcount
-        return inserted == 1
+            .returning(leases.c.name)
+        ).first()
+        return inserted is not None
 
     return db.write(_acquire)
 
