@@ -643,7 +643,9 @@ def _block_events(app: SyntheticApp, block: int, n: int, days: int, end_us: int,
         (q_user, q_ts, _SEARCH, base[2] + query),
         (v_user[c_idx], c_ts, _CART, base[3] + product[c_idx]),
         (s_user[charged], ch_ts, _CHARGE, base[4] + np.arange(len(charged))),
-        (s_user[push_idx], s_start[push_idx], _CLICK, base[5] + campaign),
+        # a click whose app launch would fall after `end` is dropped with it
+        (s_user[push_idx], np.where(s_start + launch_delay < end_us, s_start, end_us)[push_idx],
+         _CLICK, base[5] + campaign),
     ]
 
     # --- churn: at most one uninstall, after everything the user did

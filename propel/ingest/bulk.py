@@ -104,7 +104,7 @@ def _source(con: duckdb.DuckDBPyConnection, spec: ImportSpec, fmt: str) -> str:
         con.execute(f"CREATE VIEW _lines AS SELECT string_split_regex(trim(line), '\\s+') AS f "
                     f"FROM read_csv({path}, columns={{'line': 'VARCHAR'}}, header=false, "
                     "delim='\\0', quote='', escape='') WHERE trim(line) <> ''")
-        width = con.execute("SELECT max(len(f)) FROM _lines").fetchone()[0] or 0
+        width = con.execute("SELECT max(len(f)) FROM _lines").fetchall()[0][0] or 0
         cols = ", ".join(f"f[{i + 1}] AS column{i}" for i in range(width))
         con.execute(f"CREATE VIEW _raw AS SELECT {cols} FROM _lines")
         typed = []
@@ -116,7 +116,7 @@ def _source(con: duckdb.DuckDBPyConnection, spec: ImportSpec, fmt: str) -> str:
             ok_int, ok_num = con.execute(
                 f"SELECT bool_and(TRY_CAST({col} AS BIGINT) IS NOT NULL OR {col} IS NULL), "
                 f"bool_and(TRY_CAST({col} AS DOUBLE) IS NOT NULL OR {col} IS NULL) FROM _raw"
-            ).fetchone()
+            ).fetchall()[0]
             kind = "BIGINT" if ok_int else ("DOUBLE" if ok_num else None)
             typed.append(f"CAST({col} AS {kind}) AS {col}" if kind else col)
         con.execute(f"CREATE VIEW src AS SELECT {', '.join(typed)} FROM _raw")
@@ -245,7 +245,7 @@ def import_file(propel: Propel, account_id: str, spec: ImportSpec,
     try:
         view = _source(con, spec, _format(spec))
         query = _event_query(spec, view, _columns(con, view), account_id)
-        total = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+        total = con.execute(f"SELECT count(*) FROM {view}").fetchall()[0][0]
         app_id = f"import:{account_id}:{_fingerprint(spec)}"
         rejects: list[pa.Table] = []
         with hold(propel.db, LAKE_LEASE, ttl_seconds=3600, wait_seconds=120):
@@ -324,7 +324,7 @@ def _import_profiles(propel: Propel, account_id: str, spec: ImportSpec,
         for f, col in spec.mapping.items():
             if col not in columns:
                 raise ImportError_(f"--map {f}={col}: no column {col!r}")
-        total = con.execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+        total = con.execute(f"SELECT count(*) FROM {view}").fetchall()[0][0]
         # Unmapped columns come along as properties under their own names.
         by_column = {c: f for f, c in spec.mapping.items()}
         reader = con.sql(f"SELECT * FROM {view}").to_arrow_reader(2000)

@@ -1,0 +1,3 @@
+from propel.cli import main
+
+main()
