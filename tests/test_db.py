@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -99,7 +100,9 @@ def test_busy_database_answers_503_with_retry_after(tmp_path):
     _, token = create_api_key(p.db, acc.account_id)
     gate = threading.Event()
     try:
-        p.db._writer.submit(lambda conn: gate.wait(10))
+        running = p.db._writer.submit(lambda conn: gate.wait(10))
+        while not running.running():
+            time.sleep(0.01)
         p.db._writer.submit(lambda conn: None)  # the queue is now full
         with pytest.raises(DatabaseBusy):
             p.db.write(lambda conn: None)
