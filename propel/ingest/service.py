@@ -16,15 +16,14 @@ import orjson
 from sqlalchemy import Connection, delete, insert, select
 
 from propel import faults
+from propel.db.bulk import insert_ignore_returning, insert_many
 from propel.db.engine import Database
-from propel.db.meta import upsert_insert, utcnow
+from propel.db.meta import utcnow
 from propel.ingest.records import EventRecord, IngestItem, Rejection
-from propel.ingest.tables import dedupe_keys, recent_events, rejections
+from propel.ingest.tables import dedupe_keys, rejections
 from propel.profiles import apply_update, merge_identities
 
 MAX_KEPT_RECORD_BYTES = 4096
-# SQLite allows 32766 bound parameters per statement; 3 per dedupe row.
-_DEDUPE_CHUNK = 5000
 
 
 @dataclass
@@ -42,31 +41,18 @@ class IngestResult:
 
 
 def _fresh_hashes(conn: Connection, account_id: str, hashes: list[int], day: int) -> set[int]:
-    fresh: set[int] = set()
-    for start in range(0, len(hashes), _DEDUPE_CHUNK):
-        chunk = hashes[start : start + _DEDUPE_CHUNK]
-        stmt = (
-            upsert_insert(conn.dialect.name, dedupe_keys)
-            .values([{"account_id": account_id, "key_hash": h, "day": day} for h in chunk])
-            .on_conflict_do_nothing()
-            .returning(dedupe_keys.c.key_hash)
-        )
-        fresh.update(conn.execute(stmt).scalars())
-    return fresh
+    rows = [(account_id, h, day) for h in hashes]
+    return set(insert_ignore_returning(conn, "dedupe_keys", ("account_id", "key_hash", "day"),
+                                       rows, "key_hash"))
 
 
-def _event_row(account_id: str, ev: EventRecord, now_us: int, source: str) -> dict[str, Any]:
-    return {
-        "account_id": account_id,
-        "kind": ev.kind,
-        "message_id": ev.message_id,
-        "identity": ev.identity,
-        "name": ev.name,
-        "ts": ev.ts,
-        "received_at": now_us,
-        "source": source,
-        "properties": ev.properties,
-    }
+EVENT_COLUMNS = ("account_id", "kind", "message_id", "identity", "name", "ts", "received_at",
+                 "source", "properties")
+
+
+def _event_row(account_id: str, ev: EventRecord, now_us: int, source: str) -> tuple:
+    return (account_id, ev.kind, ev.message_id, ev.identity, ev.name, ev.ts, now_us, source,
+            ev.properties)
 
 
 def _rejection_row(account_id: str, source: str, rej: Rejection) -> dict[str, Any]:
@@ -98,7 +84,7 @@ def store_items(
     for item in items:
         unique.setdefault(item.key_hash, item)
     fresh = _fresh_hashes(conn, account_id, list(unique), day) if unique else set()
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple] = []
     for key, item in unique.items():
         if key not in fresh:
             continue
@@ -112,8 +98,7 @@ def store_items(
                 rows.append(_event_row(account_id, change, now_us, source))
         if item.event is not None:
             rows.append(_event_row(account_id, item.event, now_us, source))
-    if rows:
-        conn.execute(insert(recent_events), rows)
+    insert_many(conn, "recent_events", EVENT_COLUMNS, rows)
     if rejected:
         conn.execute(insert(rejections), [_rejection_row(account_id, source, r) for r in rejected])
     result.accepted = len(fresh)
