@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -184,12 +185,12 @@ _NAMES = pa.array(EVENT_NAMES)
 
 @dataclass(frozen=True)
 class SyntheticApp:
-    """The knobs of the behavioural model, with defaults tuned to ~40 events per user per
-    90 days and a ~10% two-week purchase rate. Frozen so an app value can be a cache key
+    """The knobs of the behavioural model, with defaults tuned to ~50 events per user per
+    90 days and a ~11% two-week purchase rate. Frozen so an app value can be a cache key
     and shared by benchmarks without anyone mutating it mid-run."""
 
     seed: int = 7
-    activity_median: float = 0.085 # organic sessions/day of the median healthy user
+    activity_median: float = 0.085  # organic sessions/day of the median healthy user
     activity_sigma: float = 1.0  # log-sd: heavy users are much heavier, as in real apps
     propensity_median: float = 0.05  # P(purchase | session) of the median user
     propensity_sigma: float = 0.9  # logit-sd
@@ -200,8 +201,10 @@ class SyntheticApp:
     uninstall_share: float = 0.55  # churners who uninstall rather than just go quiet
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, int) or self.seed < 0:
+        seed = operator.index(self.seed)  # numpy integers are fine, floats are not
+        if seed < 0:
             raise ValueError("seed must be a non-negative integer")
+        object.__setattr__(self, "seed", int(seed))
 
     def profiles(self, users: int, end: datetime = DEFAULT_END) -> pa.Table:
         return _concat([_profiles_block(self, b, n, _end_us(end), _id_width(users))
@@ -233,7 +236,7 @@ def generate_traits(users: int, seed: int = 7) -> pa.Table:
 def iter_events(users: int, days: int, end: datetime = DEFAULT_END, seed: int = 7,
                 chunk_users: int = 50_000) -> Iterator[pa.Table]:
     """Events of ``days`` days before ``end``, one table per ``chunk_users`` users so that
-    1M users x 90 days (~40M events) never has to sit in memory at once. Rows are sorted
+    1M users x 90 days (~50M events) never has to sit in memory at once. Rows are sorted
     by (identity, ts); output is identical for every ``chunk_users``."""
     return SyntheticApp(seed=seed).events(users, days, end, chunk_users)
 
@@ -242,11 +245,12 @@ def purchase_probability(traits: pa.Table, window_days: float, *,
                          start_days_before_end: float | None = None) -> np.ndarray:
     """True P(>=1 ``Charged`` in a window) per user of ``traits``, for calibration checks.
 
-    The window defaults to the last ``window_days`` before ``end``. It accounts for the
-    user being not yet signed up, declining or churned during the window (the latent
-    life-cycle in ``traits``) and for a signup-day first session. Weekday and hour-of-day
-    modulation average out exactly over whole weeks, so use a multiple of 7 days for an
-    exact answer; sessions cut off by ``end`` or by churn cause a negligible bias.
+    The window defaults to the last ``window_days`` before ``end`` and must lie inside the
+    generated period. It accounts for the user being not yet signed up, declining or
+    churned during the window (the latent life-cycle in ``traits``) and for a signup-day
+    first session. Weekday and hour-of-day modulation average out exactly over whole
+    weeks, so use a multiple of 7 days for an exact answer; sessions cut off by ``end`` or
+    by churn cause a negligible bias.
     """
     start = float(window_days if start_days_before_end is None else start_days_before_end)
     col = {name: traits.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -272,6 +276,7 @@ def _end_us(end: datetime) -> int:
 
 
 def _blocks(users: int) -> list[tuple[int, int]]:
+    users = operator.index(users)
     if users < 0:
         raise ValueError("users must be >= 0")
     return [(b, min(_BLOCK, users - b * _BLOCK)) for b in range(math.ceil(users / _BLOCK))]
