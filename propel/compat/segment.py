@@ -3,9 +3,15 @@
 Segment clients drop a whole batch on any 4xx and never read a 2xx body. So a batch
 whose envelope is valid answers 200, stores its valid messages, and keeps every
 invalid one with its reason in the rejections store (``GET /api/v1/rejections``).
+Envelope problems answer as Segment does: 400 for a body that is too large or not
+JSON, 415 for a body that is not declared JSON, 401 for a missing or unknown write key.
+A single-message endpoint answers 400 naming the field, and records the rejection.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
@@ -19,6 +25,22 @@ from propel.ingest.service import ingest
 router = APIRouter(prefix="/v1", tags=["Segment-compatible"])
 
 
+async def _read(request: Request) -> Any:
+    """The JSON body, at most 500 KB decompressed; too large is a 400, as Segment says."""
+    try:
+        return await read_json(request, max_bytes=limits.MAX_BATCH_BYTES)
+    except ApiError as exc:
+        if exc.status == 413:
+            exc.status = 400
+        raise
+
+
+def _rejection(index: int, exc: Invalid, record: Any) -> Rejection:
+    # A field or reason can quote client text; PostgreSQL text cannot hold NUL.
+    return Rejection(index, exc.field.replace("\x00", "\\u0000"),
+                     exc.reason.replace("\x00", "\\u0000"), record, exc.code)
+
+
 async def _store(request: Request, account_id: str, items: list[IngestItem],
                  rejected: list[Rejection]) -> None:
     result = await ingest(propel_of(request).db, account_id, items, rejected, "segment")
@@ -28,28 +50,38 @@ async def _store(request: Request, account_id: str, items: list[IngestItem],
 @router.post("/batch")
 async def batch(request: Request, account_id: str = Depends(segment_account)) -> dict:
     """A batch of messages (≤ 500 KB, each ≤ 32 KB), gzip allowed."""
-    body = await read_json(request, max_bytes=limits.MAX_BATCH_BYTES)
+    received_us = time.time_ns() // 1000
+    body = await _read(request)
     if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
-        raise ApiError(400, "invalid", 'body must be an object with a "batch" list')
+        raise ApiError(400, "invalid", 'body must be an object with a "batch" list',
+                       field="batch")
+    # A batch-level context applies to every message in it; a message's own keys win.
+    shared = body.get("context") if isinstance(body.get("context"), dict) else None
     items: list[IngestItem] = []
     rejected: list[Rejection] = []
     for index, msg in enumerate(body["batch"]):
+        if shared and isinstance(msg, dict) and isinstance(msg.get("context") or {}, dict):
+            msg = {**msg, "context": {**shared, **(msg.get("context") or {})}}
         try:
-            items.append(segment.parse_message(msg, account_id, None, body.get("sentAt")))
+            items.append(segment.parse_message(msg, account_id, None, body.get("sentAt"),
+                                               received_us))
         except Invalid as exc:
-            rejected.append(Rejection(index, exc.field, exc.reason, msg))
+            rejected.append(_rejection(index, exc, msg))
     await _store(request, account_id, items, rejected)
     return {"success": True}
 
 
 def _single(kind: str):  # noqa: ANN202 - a route factory
     async def route(request: Request, account_id: str = Depends(segment_account)) -> dict:
-        body = await read_json(request, max_bytes=limits.MAX_EVENT_BYTES)
+        received_us = time.time_ns() // 1000
+        body = await _read(request)
         try:
-            item = segment.parse_message(body, account_id, kind, None)
+            item = segment.parse_message(body, account_id, kind, None, received_us)
         except Invalid as exc:
-            await _store(request, account_id, [], [Rejection(0, exc.field, exc.reason, body)])
-            raise ApiError(400, "invalid", exc.reason, field=exc.field) from None
+            rejection = _rejection(0, exc, body)
+            await _store(request, account_id, [], [rejection])
+            raise ApiError(400, "invalid", f"{rejection.field} {rejection.reason}",
+                           field=rejection.field) from None
         await _store(request, account_id, [item], [])
         return {"success": True}
 

@@ -50,6 +50,7 @@ def _profile_items(account_id: str, table: pa.Table) -> list[IngestItem]:
                      "sms": row["sms_opt_in"]},
             properties={"country": row["country"], "platform": row["platform"],
                         "signup_date": row["signup_ts"].date().isoformat()},
+            ts=int(row["signup_ts"].timestamp() * 1_000_000),
         )
         items.append(IngestItem(key_hash(account_id, f"demo-profile:{row['identity']}"),
                                 profile=update))

@@ -43,6 +43,7 @@ class ProfileUpdate:
     push_tokens: list[str] | None = None
     consent: dict[str, bool] | None = None
     properties: dict[str, Any] = field(default_factory=dict)
+    ts: int | None = None  # when the change happened (epoch us); default: when received
 
 
 @dataclass(slots=True)

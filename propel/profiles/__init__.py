@@ -181,7 +181,7 @@ def apply_update(conn: Connection, account_id: str, upd: ProfileUpdate, now_us: 
     )
     return EventRecord(
         message_id=f"p:{uuid.uuid4().hex}", identity=upd.identity, name=PROFILE_CHANGE,
-        ts=now_us, properties=orjson.dumps(changes).decode(), kind="profile",
+        ts=upd.ts or now_us, properties=orjson.dumps(changes).decode(), kind="profile",
     )
 
 
