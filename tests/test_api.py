@@ -203,3 +203,17 @@ def test_ops_endpoints(client, tenant):
     assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs
     assert "cdn" not in docs.lower()
     assert client.get("/static/vendor/swagger-ui/swagger-ui-bundle.js").status_code == 200
+
+
+def test_gzip_members_truncation_and_trailing_bytes(client, tenant):
+    body = orjson.dumps({"events": [{"identity": "u", "name": "n", "message_id": "z"}]})
+    half = len(body) // 2
+    two_members = gzip.compress(body[:half]) + gzip.compress(body[half:])
+    headers = {**tenant.bearer, "content-type": "application/json",
+               "content-encoding": "gzip"}
+    assert client.post("/api/v1/events", content=two_members, headers=headers
+                       ).json()["accepted"] == 1
+    r = client.post("/api/v1/events", content=gzip.compress(body)[:-12], headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_encoding"
+    r = client.post("/api/v1/events", content=gzip.compress(body) + b"junk", headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_encoding"

@@ -29,16 +29,31 @@ async def read_bytes(request: Request, max_bytes: int = limits.MAX_BODY_BYTES) -
     if encoding not in ("gzip", "deflate"):
         raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not "
                        "supported; use gzip or none")
-    # Decompress with a cap so a small "zip bomb" cannot exhaust memory.
+    return _inflate(raw, encoding, max_bytes)
+
+
+def _inflate(raw: bytes, encoding: str, max_bytes: int) -> bytes:
+    """Decompress with a cap, so a small "zip bomb" cannot exhaust memory; gzip bodies
+    may hold several members (RFC 1952), and must end where their data ends."""
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(raw, max_bytes + 1)
-    except zlib.error:
-        raise ApiError(400, "bad_encoding", f"body is not valid {encoding} data") from None
-    if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise ApiError(413, "too_large", f"decompressed body is larger than {max_bytes} bytes")
-    return out
+    out = bytearray()
+    data = raw
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(data, max_bytes + 1 - len(out))
+        except zlib.error:
+            raise ApiError(400, "bad_encoding", f"body is not valid {encoding} data") from None
+        if len(out) > max_bytes or inflater.unconsumed_tail:
+            raise ApiError(413, "too_large",
+                           f"decompressed body is larger than {max_bytes} bytes")
+        if not inflater.eof:
+            raise ApiError(400, "bad_encoding", f"{encoding} body is truncated")
+        data = inflater.unused_data
+        if not data:
+            return bytes(out)
+        if encoding != "gzip" or not data.startswith(b"\x1f\x8b"):
+            raise ApiError(400, "bad_encoding", f"unexpected bytes after the {encoding} data")
 
 
 async def read_json(request: Request, max_bytes: int = limits.MAX_BODY_BYTES,

@@ -7,24 +7,49 @@ without encoding); paging is by keyset, so no page repeats a record.
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from propel import profiles
 from propel.api.auth import clevertap_account, propel_of
 from propel.api.body import read_json
 from propel.api.errors import ApiError
 from propel.ingest import clevertap, limits
-from propel.ingest.records import Invalid, Rejection
+from propel.ingest.records import IngestItem, Invalid, Rejection
 from propel.ingest.service import ingest
 from propel.lake.events import identities_with_event, query_events
+from propel.profiles.tables import identity_aliases
+from propel.profiles.tables import profiles as profile_rows
 from propel.signing import BadToken, sign, unsign
 
 router = APIRouter(prefix="/1", tags=["CleverTap-compatible"])
+log = logging.getLogger("propel.compat.clevertap")
 MAX_PAGE = 5000
+DEFAULT_PAGE = 10
+
+
+def _printable(text: str) -> str:
+    """Field names and reasons can quote a client's keys; PostgreSQL text cannot
+    hold NUL, and the rejection is stored."""
+    return text.replace("\x00", "\\u0000")
+
+
+def _parse(record: Any, account_id: str) -> IngestItem:
+    try:
+        return clevertap.parse_record(record, account_id)
+    except Invalid:
+        raise
+    except Exception as exc:  # one odd record must never cost the batch its good ones
+        log.exception("unexpected error parsing a CleverTap record")
+        raise Invalid("", f"record could not be read ({exc.__class__.__name__})",
+                      clevertap.CODE_INVALID_STRUCTURE) from None
 
 
 @router.post("/upload")
@@ -40,9 +65,10 @@ async def upload(request: Request, account_id: str = Depends(clevertap_account))
     items, rejected = [], []
     for index, record in enumerate(records):
         try:
-            items.append(clevertap.parse_record(record, account_id))
+            items.append(_parse(record, account_id))
         except Invalid as exc:
-            rejected.append(Rejection(index, exc.field, exc.reason, record, exc.code))
+            rejected.append(Rejection(index, _printable(exc.field), _printable(exc.reason),
+                                      record, exc.code))
     result = await ingest(propel_of(request).db, account_id, items, rejected, "clevertap")
     request.app.state.metrics.count_ingest("clevertap", result)
     processed = len(items)
@@ -82,25 +108,45 @@ def profile(request: Request, identity: str | None = None, email: str | None = N
             account_id: str = Depends(clevertap_account)) -> dict:
     """One profile by ``identity``, ``email`` or ``objectId``."""
     db = propel_of(request).db
+    email, key = (email or "").strip(), (identity or objectId or "").strip()
+    if not email and not key:
+        raise ApiError(400, "invalid", "give identity, email or objectId")
+    if "\x00" in email + key:  # never stored (and PostgreSQL cannot compare it)
+        raise ApiError(404, "not_found", "profile not found")
     if email:
         # The Node client does not URL-encode; a "+" in an address arrives as a space.
         found = profiles.find_by_email(db, account_id, email.replace(" ", "+"))
-    elif identity or objectId:
-        found = profiles.get_profile(db, account_id, identity or objectId or "")
     else:
-        raise ApiError(400, "invalid", "give identity, email or objectId")
+        found = profiles.get_profile(db, account_id, key)
+        if found is None and " " in key:  # same: "a+b" sent unencoded arrives as "a b"
+            found = profiles.get_profile(db, account_id, key.replace(" ", "+"))
     if found is None:
         raise ApiError(404, "not_found", "profile not found")
     return {"status": "success", "record": _profile_record(found)}
 
 
+_YYYYMMDD = re.compile(r"[0-9]{8}")
+
+
 def _day(value: Any, field: str) -> datetime:
+    ok = isinstance(value, int | str) and not isinstance(value, bool)
+    text = str(value).strip() if ok else ""
     try:
-        text = str(int(value))
+        if not _YYYYMMDD.fullmatch(text):
+            raise ValueError(text)
         return datetime.combine(date(int(text[:4]), int(text[4:6]), int(text[6:8])),
                                 datetime.min.time(), UTC)
-    except (TypeError, ValueError):
+    except ValueError:
         raise ApiError(400, "invalid", f"query.{field} must be a date as YYYYMMDD") from None
+
+
+def _batch_size(raw: str | None) -> int:
+    if raw is None or not raw.strip():
+        return DEFAULT_PAGE
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ApiError(400, "invalid", "batch_size must be a whole number from 1")
+    return min(int(text), MAX_PAGE)
 
 
 def _parse_query(raw: Any) -> dict[str, Any]:
@@ -114,6 +160,9 @@ def _parse_query(raw: Any) -> dict[str, Any]:
     name = raw.get("event_name")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "invalid", "query.event_name is required")
+    if len(name) > limits.MAX_NAME_CHARS:  # it travels inside every cursor
+        raise ApiError(400, "invalid", f"query.event_name is longer than "
+                       f"{limits.MAX_NAME_CHARS} characters")
     start = _day(raw.get("from"), "from")
     end = _day(raw.get("to"), "to")
     if end < start:
@@ -132,15 +181,15 @@ async def _start_or_page(request: Request, account_id: str, kind: str,
             state = unsign(secret, cursor, f"ct.{kind}")
         except BadToken:
             raise ApiError(400, "invalid_cursor", "cursor is not valid") from None
-        if state.get("a") != account_id:
+        if not isinstance(state, dict) or state.get("a") != account_id:
             raise ApiError(400, "invalid_cursor", "cursor belongs to another account")
-        return _page(propel, account_id, kind, state, secret)
+        # DuckDB and the database work synchronously: keep them off the event loop.
+        return await run_in_threadpool(_page, propel, account_id, kind, state, secret)
     if query is None and request.method == "POST":
         query = await read_json(request, require_content_type=False)
     if query is None:
         raise ApiError(400, "invalid", "give query (JSON) or cursor")
-    state = {"a": account_id, "q": _parse_query(query), "n": max(1, min(batch_size, MAX_PAGE)),
-             "after": None}
+    state = {"a": account_id, "q": _parse_query(query), "n": batch_size, "after": None}
     # CleverTap answers the first call with a cursor only; records come with it.
     return {"status": "success", "cursor": sign(secret, state, f"ct.{kind}")}
 
@@ -156,17 +205,46 @@ def _page(propel: Any, account_id: str, kind: str, state: dict, secret: str) -> 
     else:
         ids = identities_with_event(propel.db, propel.lake, account_id, q["event_name"],
                                     q["from"], q["to"], state["after"] or "", size)
-        records = []
-        for ident in ids:
-            found = profiles.get_profile(propel.db, account_id, ident)
-            records.append(_profile_record(found) if found else {"identity": ident,
-                                                                "objectId": ident,
-                                                                "profileData": {}})
+        found = _profiles_of(propel.db, account_id, ids)
+        records = [_profile_record(found[ident]) if ident in found else _no_profile(ident)
+                   for ident in ids]
         last = ids[-1] if ids else None
     answer: dict[str, Any] = {"status": "success", "records": records}
     if len(records) == size:
         answer["next_cursor"] = sign(secret, {**state, "after": last}, f"ct.{kind}")
     return answer
+
+
+def _no_profile(identity: str) -> dict[str, Any]:
+    """An identity with events but no profile data yet: the same shape, empty."""
+    return {"identity": identity, "objectId": identity, "email": None, "profileData": {},
+            "push_tokens": [], "aliases": []}
+
+
+def _profiles_of(db: Any, account_id: str, identities: list[str]
+                 ) -> dict[str, profiles.Profile]:
+    """Profiles (with aliases) of already-resolved identities, a chunk per query
+    rather than one look-up per identity (a page holds up to 5000)."""
+    out: dict[str, profiles.Profile] = {}
+    with db.read() as conn:
+        for start in range(0, len(identities), 1000):
+            chunk = identities[start : start + 1000]
+            aliases: dict[str, list[str]] = {}
+            for alias, owner in conn.execute(
+                select(identity_aliases.c.alias, identity_aliases.c.identity).where(
+                    identity_aliases.c.account_id == account_id,
+                    identity_aliases.c.identity.in_(chunk)).order_by(identity_aliases.c.alias)
+            ):
+                aliases.setdefault(owner, []).append(alias)
+            for row in conn.execute(select(profile_rows).where(
+                    profile_rows.c.account_id == account_id, profile_rows.c.identity.in_(chunk))):
+                out[row.identity] = profiles.Profile(
+                    identity=row.identity, email=row.email, phone=row.phone,
+                    timezone=row.timezone, push_tokens=orjson.loads(row.push_tokens),
+                    consent=orjson.loads(row.consent), properties=orjson.loads(row.properties),
+                    created_at=row.created_at, updated_at=row.updated_at,
+                    aliases=tuple(aliases.get(row.identity, ())))
+    return out
 
 
 def _event_record(propel: Any, account_id: str, row: tuple) -> dict[str, Any]:
@@ -181,10 +259,11 @@ def _event_record(propel: Any, account_id: str, row: tuple) -> dict[str, Any]:
 
 
 def _paged(kind: str):  # noqa: ANN202 - a route factory
-    async def route(request: Request, batch_size: int = Query(10, ge=1),
+    async def route(request: Request, batch_size: str | None = None,
                     query: str | None = None, cursor: str | None = None,
                     account_id: str = Depends(clevertap_account)) -> dict:
-        return await _start_or_page(request, account_id, kind, batch_size, query, cursor)
+        return await _start_or_page(request, account_id, kind, _batch_size(batch_size), query,
+                                    cursor)
 
     route.__name__ = f"{kind}_json"
     route.__doc__ = (f"Download {kind}: call with ``batch_size`` and ``query`` (event_name, "
@@ -194,4 +273,7 @@ def _paged(kind: str):  # noqa: ANN202 - a route factory
 
 
 for _kind in ("events", "profiles"):
-    router.add_api_route(f"/{_kind}.json", _paged(_kind), methods=["GET", "POST"])
+    # One route per method, so that each has its own OpenAPI operation id.
+    for _method in ("GET", "POST"):
+        router.add_api_route(f"/{_kind}.json", _paged(_kind), methods=[_method],
+                             name=f"{_kind}_json_{_method.lower()}")

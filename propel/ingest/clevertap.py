@@ -22,6 +22,7 @@ from propel.ingest.records import (
     content_id,
     dumps,
     key_hash,
+    no_nul,
 )
 from propel.profiles import build_update
 
@@ -41,8 +42,18 @@ CONSENT_KEYS = {"MSG-email": "email", "MSG-sms": "sms", "MSG-push": "push",
 def record_identity(record: dict[str, Any]) -> str:
     for key in ("identity", "objectId", "FBID", "GPID"):
         if record.get(key) not in (None, ""):
-            return check_identity(record[key], key)
+            return no_nul(check_identity(record[key], key), key, CODE_IDENTITY_MISSING)
     raise Invalid("identity", "identity or objectId is required", CODE_IDENTITY_MISSING)
+
+
+def record_ts(record: dict[str, Any]) -> int:
+    """``ts`` in epoch seconds -> epoch microseconds; now when the record has none."""
+    if "ts" not in record:
+        return time.time_ns() // 1000
+    try:
+        return check_epoch_seconds(record["ts"])
+    except (ValueError, OverflowError):  # e.g. "²" passes str.isdigit() but not int()
+        raise Invalid("ts", "must be epoch seconds", CODE_TS_NOT_EPOCH) from None
 
 
 def _profile_fields(data: dict[str, Any]) -> dict[str, Any]:
@@ -68,12 +79,15 @@ def parse_record(record: Any, account_id: str) -> IngestItem:
     if kind not in ("event", "profile"):
         raise Invalid("type", 'must be "event" or "profile"', CODE_NOT_EVENT_OR_PROFILE)
     identity = record_identity(record)
-    ts = check_epoch_seconds(record["ts"]) if "ts" in record else time.time_ns() // 1000
+    ts = record_ts(record)
     message_id = content_id({"ct": record})
     item = IngestItem(key_hash=key_hash(account_id, message_id))
     if kind == "event":
         name = check_name(record.get("evtName"), "evtName", CODE_EVENT_NAME_MISSING)
-        data = record.get("evtData", {})
+        no_nul(name, "evtName", CODE_INVALID_STRUCTURE)
+        data = record.get("evtData")
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
             raise Invalid("evtData", "must be a JSON object", CODE_INVALID_STRUCTURE)
         try:
@@ -92,4 +106,8 @@ def parse_record(record: Any, account_id: str) -> IngestItem:
         item.profile = build_update(identity, _profile_fields(data))
     except Invalid as exc:
         raise Invalid(f"profileData.{exc.field}", exc.reason, CODE_INVALID_STRUCTURE) from None
+    for name in ("email", "phone", "timezone"):
+        value = getattr(item.profile, name)
+        if value is not None:
+            no_nul(value, f"profileData.{name}", CODE_INVALID_STRUCTURE)
     return item

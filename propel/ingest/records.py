@@ -82,6 +82,13 @@ def content_id(record: Any) -> str:
     ).hexdigest()
 
 
+def no_nul(value: str, field: str, code: int = 512) -> str:
+    """PostgreSQL text cannot hold NUL; refuse it here rather than fail the whole batch."""
+    if "\x00" in value:
+        raise Invalid(field, "must not contain NUL characters", code)
+    return value
+
+
 def check_name(value: Any, field: str = "name", code: int = 509) -> str:
     if value is None or value == "":
         raise Invalid(field, "is required", code)
@@ -92,7 +99,7 @@ def check_name(value: Any, field: str = "name", code: int = 509) -> str:
         raise Invalid(field, "must not be blank", code)
     if len(value) > limits.MAX_NAME_CHARS:
         raise Invalid(field, f"is longer than {limits.MAX_NAME_CHARS} characters", 512)
-    return value
+    return no_nul(value, field)
 
 
 def check_identity(value: Any, field: str = "identity") -> str:
@@ -107,7 +114,7 @@ def check_identity(value: Any, field: str = "identity") -> str:
         raise Invalid(field, "must not be blank", 523)
     if len(value) > limits.MAX_IDENTITY_CHARS:
         raise Invalid(field, f"is longer than {limits.MAX_IDENTITY_CHARS} characters", 523)
-    return value
+    return no_nul(value, field, 523)
 
 
 def check_message_id(value: Any, field: str = "message_id") -> str:
@@ -115,7 +122,7 @@ def check_message_id(value: Any, field: str = "message_id") -> str:
         raise Invalid(field, "must be a non-empty string")
     if len(value) > limits.MAX_MESSAGE_ID_CHARS:
         raise Invalid(field, f"is longer than {limits.MAX_MESSAGE_ID_CHARS} characters")
-    return value
+    return no_nul(value, field)
 
 
 def _bounds_ok(seconds: float) -> bool:
@@ -145,7 +152,7 @@ def check_ts_iso_or_epoch(value: Any, field: str = "ts") -> int:
 
 def check_epoch_seconds(value: Any, field: str = "ts") -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value.strip())
         else:
             raise Invalid(field, "must be epoch seconds", 525)

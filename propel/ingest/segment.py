@@ -34,6 +34,7 @@ from propel.ingest.records import (
     content_id,
     dumps,
     key_hash,
+    no_nul,
 )
 from propel.profiles import build_update
 
@@ -42,15 +43,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _no_nul(value: str, field: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it on every database, for one behaviour.
-    if "\x00" in value:
-        raise Invalid(field, "must not contain NUL (\\u0000) characters")
-    return value
-
-
 def _id(value: Any, field: str) -> str:
-    return _no_nul(check_identity(value, field), field)
+    return no_nul(check_identity(value, field), field)
 
 
 def _identity(msg: dict[str, Any]) -> str:
@@ -115,7 +109,7 @@ def _profile(identity: str, fields: dict[str, Any], rename: tuple[str, str]) -> 
         raise Invalid(name, exc.reason, exc.code) from None
     for name in ("email", "phone", "timezone"):
         if getattr(update, name) is not None:
-            _no_nul(getattr(update, name), f"{rename[1]}{name}")
+            no_nul(getattr(update, name), f"{rename[1]}{name}")
     return update
 
 
@@ -142,7 +136,7 @@ def parse_message(msg: Any, account_id: str, kind: str | None, sent_at: Any = No
         raise Invalid("type", f"must be one of {', '.join(TYPES)}")
     raw_id = msg.get("messageId")
     if raw_id is not None:
-        message_id = _no_nul(check_message_id(raw_id, "messageId"), "messageId")
+        message_id = no_nul(check_message_id(raw_id, "messageId"), "messageId")
     else:
         message_id = content_id(msg)
     item = IngestItem(key_hash=key_hash(account_id, message_id))
@@ -164,7 +158,7 @@ def parse_message(msg: Any, account_id: str, kind: str | None, sent_at: Any = No
         return item
     properties = dict(check_properties(msg.get("properties")))
     if kind == "track":
-        name = _no_nul(check_name(msg.get("event"), "event"), "event")
+        name = no_nul(check_name(msg.get("event"), "event"), "event")
     else:
         name = "Page Viewed" if kind == "page" else "Screen Viewed"
         for key in ("name", "category"):

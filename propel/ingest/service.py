@@ -23,7 +23,8 @@ from propel.ingest.records import EventRecord, IngestItem, Rejection
 from propel.ingest.tables import dedupe_keys, rejections
 from propel.profiles import apply_update, merge_identities
 
-MAX_KEPT_RECORD_BYTES = 4096
+# Oversize records are rejected at 32 KiB; keep them whole up to twice that for replay.
+MAX_KEPT_RECORD_BYTES = 64 * 1024
 
 
 @dataclass
@@ -56,15 +57,19 @@ def _event_row(account_id: str, ev: EventRecord, now_us: int, source: str) -> tu
 
 
 def _rejection_row(account_id: str, source: str, rej: Rejection) -> dict[str, Any]:
-    record = orjson.dumps(rej.record, default=str).decode()
-    if len(record) > MAX_KEPT_RECORD_BYTES:
-        record = record[:MAX_KEPT_RECORD_BYTES] + "…"
+    raw = orjson.dumps(rej.record, default=str)
+    if len(raw) > MAX_KEPT_RECORD_BYTES:
+        raw = raw[:MAX_KEPT_RECORD_BYTES]
+        record = raw.decode(errors="ignore") + "…"
+    else:
+        record = raw.decode()
     return {
         "account_id": account_id,
         "source": source,
         "received_at": utcnow(),
-        "field": rej.field[:200],
-        "reason": rej.reason[:500],
+        "position": rej.index,
+        "field": rej.field[:200].replace("\x00", "\\0"),
+        "reason": rej.reason[:500].replace("\x00", "\\0"),
         "record": record,
     }
 
@@ -147,6 +152,7 @@ def list_rejections(
             "id": r.id,
             "source": r.source,
             "received_at": r.received_at.isoformat(),
+            "index": r.position,
             "field": r.field,
             "reason": r.reason,
             "record": orjson.loads(r.record) if not r.record.endswith("…") else r.record,

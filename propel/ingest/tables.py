@@ -39,6 +39,7 @@ rejections = Table(
     Column("account_id", String(32), nullable=False),
     Column("source", String(16), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
+    Column("position", Integer),  # the record's index in its batch
     Column("field", String(200), nullable=False),
     Column("reason", String(500), nullable=False),
     Column("record", Text, nullable=False),

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pyarrow as pa
+from sqlalchemy import select
 
 from propel.db.engine import Database
 from propel.lake.reader import snapshot
 from propel.lake.store import Lake
+from propel.profiles.tables import identity_aliases
 
 
 def recent_events_of(db: Database, lake: Lake, account_id: str, identities: list[str],
@@ -45,13 +48,31 @@ def query_events(db: Database, lake: Lake, account_id: str, name: str, from_us: 
         return con.execute(sql, params).fetchall()
 
 
+def _aliases(db: Database, account_id: str) -> pa.Table:
+    """alias -> identity for one account (one hop: merges re-point older aliases)."""
+    with db.read() as conn:
+        rows = conn.execute(
+            select(identity_aliases.c.alias, identity_aliases.c.identity).where(
+                identity_aliases.c.account_id == account_id)
+        ).all()
+    return pa.table({"alias": pa.array([r[0] for r in rows], pa.string()),
+                     "identity": pa.array([r[1] for r in rows], pa.string())})
+
+
 def identities_with_event(db: Database, lake: Lake, account_id: str, name: str, from_us: int,
                           to_us: int, after: str, limit: int) -> list[str]:
+    """The profiles (identities after alias resolution, each once, in order, after the
+    keyset position ``after``) with an event ``name`` at from_us <= ts < to_us. Events
+    stay under the id they were sent with, so without resolving, a merged anonymous id
+    and its identity would list the same profile twice."""
+    aliases = _aliases(db, account_id)
     with snapshot(db, lake, account_id) as (con, _):
+        con.register("_aliases", aliases)
         rows = con.execute(
-            "SELECT DISTINCT identity FROM events WHERE kind = 'event' AND name = ? "
-            "AND ts >= make_timestamptz(?) AND ts < make_timestamptz(?) AND identity > ? "
-            "ORDER BY identity LIMIT ?",
+            "SELECT DISTINCT who FROM (SELECT coalesce(a.identity, e.identity) AS who "
+            "FROM events e LEFT JOIN _aliases a ON a.alias = e.identity "
+            "WHERE e.kind = 'event' AND e.name = ? AND e.ts >= make_timestamptz(?) "
+            "AND e.ts < make_timestamptz(?)) WHERE who > ? ORDER BY who LIMIT ?",
             [name, from_us, to_us, after, limit],
         ).fetchall()
     return [r[0] for r in rows]

@@ -29,7 +29,7 @@ from propel.ingest.records import (
 from propel.profiles.tables import identity_aliases, profiles
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "inbox", "webhook")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 PROFILE_CHANGE = "$profile"
 
