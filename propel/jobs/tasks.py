@@ -50,12 +50,26 @@ def _delete_flushed(propel: Propel) -> int:
     return flush.delete_flushed(propel.db, propel.settings.recent_retention_seconds)
 
 
-# name -> function(propel, **args); later features register theirs here.
+def _score_prediction(propel: Propel, prediction_id: str) -> int:
+    from propel.predictions import score_task
+
+    return score_task(propel, prediction_id)
+
+
+def _train_prediction(propel: Propel, prediction_id: str) -> int:
+    from propel.predictions import train_task
+
+    return train_task(propel, prediction_id)
+
+
+# name -> function(propel, **args); each feature registers its own.
 TASKS: dict[str, Callable[..., Any]] = {
     "lake.compact": _compact,
     "lake.vacuum": _vacuum,
     "ingest.prune_dedupe": _prune_dedupe,
     "lake.delete_flushed": _delete_flushed,
+    "predictions.score": _score_prediction,
+    "predictions.train": _train_prediction,
 }
 
 DEFAULT_SCHEDULES = [

@@ -1,0 +1,231 @@
+"""Scoring: every audience user gets a calibrated probability, a score (100 × p, one
+decimal) and a likelihood group; current scores live in ``user_predictions``, every
+run is appended to the lake's ``scores`` table as history, and group changes emit the
+system event ``Likelihood Changed``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+from deltalake import write_deltalake
+from sqlalchemy import Connection, delete, insert, select, update
+
+from propel.core import Propel
+from propel.db.bulk import insert_many
+from propel.db.meta import utcnow
+from propel.ingest.records import EventRecord, IngestItem, key_hash
+from propel.ingest.service import ingest_sync
+from propel.lake.reader import snapshot
+from propel.predictions import quality, registry
+from propel.predictions.features import compute_features, register_aliases
+from propel.predictions.registry import Prediction
+from propel.predictions.tables import predictions, scoring_runs, user_predictions
+from propel.predictions.training import load_aliases
+
+log = logging.getLogger("propel.predictions")
+LIKELIHOOD_CHANGED = "Likelihood Changed"
+GROUPS = ("High", "Medium", "Low")
+_COLUMNS = ("prediction_id", "identity", "account_id", "probability", "score", "grp",
+            "model_version", "scored_at", "reasons")
+
+
+class NotTrained(LookupError):
+    pass
+
+
+@dataclass
+class ScoreResult:
+    run_id: int
+    rows: int
+    changed: int
+    group_sizes: dict[str, int]
+    expected_rates: dict[str, float]
+    model_version: int
+    as_of: datetime
+
+
+def assign(prediction: Prediction, raw: np.ndarray, prob: np.ndarray, keys: pd.Index
+           ) -> np.ndarray:
+    g = prediction.spec.groups
+    if g.mode == "probability":
+        return quality.assign_groups_by_threshold(prob, g.high, g.medium)
+    return quality.assign_groups(raw, np.asarray(keys, dtype=str), g.high, g.medium)
+
+
+def _reasons_json(model: Any, frame: pd.DataFrame, top: int = 3) -> list[str]:
+    contrib = model.contributions(frame)
+    names = np.asarray(contrib.columns)
+    matrix = contrib.to_numpy()
+    order = np.argsort(-np.abs(matrix), axis=1)[:, :top]
+    picked = np.take_along_axis(matrix, order, axis=1)
+    return [orjson.dumps([{"feature": names[j], "contribution": round(float(c), 4)}
+                          for j, c in zip(row, vals, strict=True)]).decode()
+            for row, vals in zip(order, picked, strict=True)]
+
+
+def _start_run(propel: Propel, prediction: Prediction, as_of: datetime) -> int:
+    return propel.db.write(lambda conn: conn.execute(insert(scoring_runs).values(
+        prediction_id=prediction.id, started_at=utcnow(), as_of=as_of, outcome="running")
+        .returning(scoring_runs.c.id)).scalar())
+
+
+def _finish_run(propel: Propel, run_id: int, **values: Any) -> None:
+    propel.db.write(lambda conn: conn.execute(update(scoring_runs).where(
+        scoring_runs.c.id == run_id).values(finished_at=utcnow(), **values)))
+
+
+def score_prediction(propel: Propel, prediction: Prediction, *, as_of: datetime | None = None
+                     ) -> ScoreResult:
+    if prediction.current_version is None:
+        raise NotTrained(f"prediction {prediction.spec.name!r} has no model yet; train it first")
+    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
+    run_id = _start_run(propel, prediction, as_of)
+    try:
+        result = _score(propel, prediction, as_of, run_id)
+    except Exception as exc:
+        _finish_run(propel, run_id, outcome="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    _finish_run(propel, run_id, outcome="ok", rows=result.rows, changed=result.changed,
+                model_version=result.model_version,
+                summary=orjson.dumps({"groups": result.group_sizes,
+                                      "expected_rates": result.expected_rates}).decode())
+    return result
+
+
+def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int) -> ScoreResult:
+    started = time.perf_counter()
+    version = registry.get_version(propel.db, prediction.id, prediction.current_version)
+    model = registry.load_model(version)
+    with snapshot(propel.db, propel.lake, prediction.account_id) as (con, _):
+        register_aliases(con, load_aliases(propel, prediction.account_id))
+        frame = compute_features(con, model.feature_spec, prediction.spec.audience, as_of)
+    raw = model.raw_score(frame)
+    prob = np.clip(model.predict_proba(frame), 0.0, 1.0)
+    groups = assign(prediction, raw, prob, frame.index)
+    scores = np.round(prob * 100, 1)
+    reasons = _reasons_json(model, frame) if len(frame) else []
+    now = utcnow()
+    rows = [(prediction.id, ident, prediction.account_id, float(p), float(s), g,
+             version.version, now, r)
+            for ident, p, s, g, r in zip(frame.index, prob, scores, groups, reasons,
+                                         strict=True)]
+    changes = propel.db.write(lambda conn: _replace_scores(conn, prediction.id, rows))
+    _emit_changes(propel, prediction, changes, as_of)
+    _append_history(propel, prediction, frame.index, prob, scores, groups, version.version,
+                    as_of, now)
+    sizes = {g: int((groups == g).sum()) for g in GROUPS}
+    rates = {g: round(float(prob[groups == g].mean()), 4) if sizes[g] else 0.0 for g in GROUPS}
+    log.info("scored %s: %s users in %.1fs", prediction.spec.name, len(rows),
+             time.perf_counter() - started)
+    return ScoreResult(run_id, len(rows), len(changes), sizes, rates, version.version, as_of)
+
+
+def _replace_scores(conn: Connection, prediction_id: str, rows: list[tuple]
+                    ) -> list[tuple[str, str, str]]:
+    before = dict(conn.execute(select(user_predictions.c.identity, user_predictions.c.grp).where(
+        user_predictions.c.prediction_id == prediction_id)).all())
+    conn.execute(delete(user_predictions).where(user_predictions.c.prediction_id ==
+                                                prediction_id))
+    if conn.dialect.name == "sqlite":
+        # sqlite3 adapts datetimes by itself; the column type stores ISO text
+        rows = [(*r[:7], r[7].replace(tzinfo=None).isoformat(sep=" "), r[8]) for r in rows]
+    insert_many(conn, "user_predictions", _COLUMNS, rows)
+    conn.execute(update(predictions).where(predictions.c.id == prediction_id).values(
+        last_scored_at=utcnow(), status="scored", updated_at=utcnow()))
+    return [(r[1], before[r[1]], r[5]) for r in rows if r[1] in before and before[r[1]] != r[5]]
+
+
+def _emit_changes(propel: Propel, prediction: Prediction, changes: list[tuple[str, str, str]],
+                  as_of: datetime) -> None:
+    """``Likelihood Changed`` through the normal ingest path, with message ids derived
+    from (prediction, as-of, user), so re-running the same scoring emits nothing twice."""
+    ts = int(as_of.timestamp() * 1_000_000)
+    stamp = as_of.strftime("%Y%m%dT%H%M%S")
+    items = []
+    for identity, old, new in changes:
+        mid = f"lc:{prediction.id}:{stamp}:{identity}"
+        props = {"prediction": prediction.spec.name, "prediction_id": prediction.id,
+                 "from": old, "to": new}
+        items.append(IngestItem(key_hash(prediction.account_id, mid), event=EventRecord(
+            message_id=mid, identity=identity, name=LIKELIHOOD_CHANGED, ts=ts,
+            properties=orjson.dumps(props).decode())))
+    for start in range(0, len(items), 5000):
+        ingest_sync(propel.db, prediction.account_id, items[start:start + 5000], [], "system")
+
+
+def scores_uri(propel: Propel) -> str:
+    return propel.lake.uri.rstrip("/") + "/scores"
+
+
+def _append_history(propel: Propel, prediction: Prediction, identities: pd.Index,
+                    prob: np.ndarray, scores: np.ndarray, groups: np.ndarray, version: int,
+                    as_of: datetime, scored_at: datetime) -> None:
+    n = len(identities)
+    if n == 0:
+        return
+    table = pa.table({
+        "prediction_id": pa.array([prediction.id] * n, pa.string()),
+        "identity": pa.array(np.asarray(identities, dtype=object), pa.string()),
+        "probability": pa.array(prob, pa.float64()),
+        "score": pa.array(scores, pa.float64()),
+        "grp": pa.array(groups.astype(object), pa.string()),
+        "model_version": pa.array([version] * n, pa.int32()),
+        "as_of": pa.array([as_of] * n, pa.timestamp("us", tz="UTC")),
+        "scored_at": pa.array([scored_at] * n, pa.timestamp("us", tz="UTC")),
+    })
+    write_deltalake(scores_uri(propel), table, mode="append", partition_by=["prediction_id"])
+
+
+def current_scores(propel: Propel, account_id: str, identity: str) -> list[dict[str, Any]]:
+    """A user's current score in every prediction of the account."""
+    with propel.db.read() as conn:
+        rows = conn.execute(
+            select(predictions.c.name, predictions.c.id, user_predictions)
+            .join(predictions, predictions.c.id == user_predictions.c.prediction_id)
+            .where(user_predictions.c.account_id == account_id,
+                   user_predictions.c.identity == identity)).all()
+    return [{"prediction": r.name, "prediction_id": r.id, "group": r.grp, "score": r.score,
+             "probability": round(r.probability, 6), "model_version": r.model_version,
+             "scored_at": r.scored_at.isoformat(), "reasons": orjson.loads(r.reasons)}
+            for r in rows]
+
+
+def profile_properties(propel: Propel, account_id: str, identity: str) -> dict[str, Any]:
+    """Scores as profile properties: ``Predict Conversions`` = ``High`` and
+    ``Predict Conversions score`` = 87.5."""
+    props: dict[str, Any] = {}
+    for s in current_scores(propel, account_id, identity):
+        props[s["prediction"]] = s["group"]
+        props[f"{s['prediction']} score"] = s["score"]
+    return props
+
+
+def group_sizes(propel: Propel, prediction_id: str) -> dict[str, int]:
+    from sqlalchemy import func
+
+    with propel.db.read() as conn:
+        rows = conn.execute(select(user_predictions.c.grp, func.count()).where(
+            user_predictions.c.prediction_id == prediction_id).group_by(
+            user_predictions.c.grp)).all()
+    found = dict(rows)
+    return {g: int(found.get(g, 0)) for g in GROUPS}
+
+
+def list_runs(propel: Propel, prediction_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    with propel.db.read() as conn:
+        rows = conn.execute(select(scoring_runs).where(
+            scoring_runs.c.prediction_id == prediction_id).order_by(
+            scoring_runs.c.id.desc()).limit(limit)).all()
+    return [{"id": r.id, "started_at": r.started_at.isoformat(),
+             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+             "as_of": r.as_of.isoformat(), "model_version": r.model_version, "rows": r.rows,
+             "changed": r.changed, "outcome": r.outcome, "error": r.error,
+             "summary": orjson.loads(r.summary) if r.summary else None} for r in rows]
