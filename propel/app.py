@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from propel import __version__
-from propel.api import errors, v1
+from propel.api import errors, predictions, v1
 from propel.api.auth import propel_of
 from propel.compat import clevertap, segment
 from propel.core import Propel
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
     app.state.metrics = Metrics()
     errors.install(app)
     app.include_router(v1.router)
+    app.include_router(predictions.router)
     app.include_router(segment.router)
     app.include_router(clevertap.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -28,6 +28,10 @@ for sub, name in ((db_app, "db"), (accounts_app, "accounts"), (keys_app, "keys")
                   (events_app, "events"), (lake_app, "lake")):
     app.add_typer(sub, name=name)
 
+from propel.predictions.cli import app as predictions_app  # noqa: E402
+
+app.add_typer(predictions_app, name="predictions")
+
 console = Console()
 err = Console(stderr=True)
 AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPEL_ACCOUNT",

@@ -15,6 +15,8 @@ from propel.ingest import native
 from propel.ingest.records import Invalid
 from propel.ingest.service import ingest, list_rejections
 from propel.lake.events import recent_events_of
+from propel.predictions.properties import score_properties
+from propel.predictions.scoring import current_scores
 
 router = APIRouter(prefix="/api/v1", tags=["Propel API"])
 
@@ -71,13 +73,16 @@ def get_user(request: Request, identity: str, events: int = Query(20, ge=0, le=5
     profile = profiles.get_profile(propel.db, account_id, identity)
     identities = [identity] if profile is None else [profile.identity, *profile.aliases]
     last = recent_events_of(propel.db, propel.lake, account_id, identities, events)
-    if profile is None and not last:
+    if profile is None and not last and not current_scores(propel, account_id, identity):
         raise ApiError(404, "not_found", f"no user {identity!r} in this account")
-    return {
-        "identity": profile.identity if profile else identity,
-        "profile": profile.as_dict() if profile else None,
-        "events": last,
-    }
+    canonical = profile.identity if profile else identity
+    scores = current_scores(propel, account_id, canonical)
+    shown = profile.as_dict() if profile else None
+    if shown is not None:
+        # prediction groups and scores read like any other profile property
+        shown["properties"].update(score_properties(propel.db, account_id, [canonical])
+                                   .get(canonical, {}))
+    return {"identity": canonical, "profile": shown, "predictions": scores, "events": last}
 
 
 @router.get("/rejections")

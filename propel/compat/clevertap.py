@@ -25,6 +25,7 @@ from propel.ingest import clevertap, limits
 from propel.ingest.records import IngestItem, Invalid, Rejection
 from propel.ingest.service import ingest
 from propel.lake.events import identities_with_event, query_events
+from propel.predictions.properties import score_properties
 from propel.profiles.tables import identity_aliases
 from propel.profiles.tables import profiles as profile_rows
 from propel.signing import BadToken, sign, unsign
@@ -84,8 +85,9 @@ async def upload(request: Request, account_id: str = Depends(clevertap_account))
     }
 
 
-def _profile_record(profile: profiles.Profile) -> dict[str, Any]:
-    data = dict(profile.properties)
+def _profile_record(profile: profiles.Profile, scores: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    data = {**profile.properties, **(scores or {})}
     for key, value in (("Email", profile.email), ("Phone", profile.phone),
                        ("Timezone", profile.timezone)):
         if value:
@@ -122,7 +124,8 @@ def profile(request: Request, identity: str | None = None, email: str | None = N
             found = profiles.get_profile(db, account_id, key.replace(" ", "+"))
     if found is None:
         raise ApiError(404, "not_found", "profile not found")
-    return {"status": "success", "record": _profile_record(found)}
+    scores = score_properties(db, account_id, [found.identity]).get(found.identity)
+    return {"status": "success", "record": _profile_record(found, scores)}
 
 
 _YYYYMMDD = re.compile(r"[0-9]{8}")
@@ -206,7 +209,9 @@ def _page(propel: Any, account_id: str, kind: str, state: dict, secret: str) -> 
         ids = identities_with_event(propel.db, propel.lake, account_id, q["event_name"],
                                     q["from"], q["to"], state["after"] or "", size)
         found = _profiles_of(propel.db, account_id, ids)
-        records = [_profile_record(found[ident]) if ident in found else _no_profile(ident)
+        scores = score_properties(propel.db, account_id, ids)
+        records = [_profile_record(found[ident], scores.get(ident)) if ident in found
+                   else _no_profile(ident)
                    for ident in ids]
         last = ids[-1] if ids else None
     answer: dict[str, Any] = {"status": "success", "records": records}

@@ -104,8 +104,36 @@ def run_demo(propel: Propel, *, users: int, days: int, seed: int, account_id: st
     _summary(propel, account_id, console)
     console.print(f"Loaded {accepted:,} new events ({duplicates:,} already there) in "
                   f"{time.perf_counter() - started:.1f}s into account {account_id}.")
-    console.print("Next: [bold]propel serve[/] and open http://127.0.0.1:8000/docs")
+    predict_conversions(propel, account_id, console)
+    console.print(f"Done in {time.perf_counter() - started:.1f}s. Next: [bold]propel serve[/] "
+                  "and open http://127.0.0.1:8000/docs")
     return account_id
+
+
+def predict_conversions(propel: Propel, account_id: str, console: Console) -> None:
+    """Train and score *Predict Conversions* on the demo shop and show its groups."""
+    from propel import predictions as preds
+    from propel.predictions.registry import NotFound
+    from propel.predictions.spec import from_template
+
+    try:
+        prediction = preds.get(propel, account_id, "Predict Conversions")
+    except NotFound:
+        prediction = preds.create_prediction(propel, account_id, from_template("conversions"))
+    with console.status("training Predict Conversions…") as status:
+        trained = preds.train_prediction(propel, prediction,
+                                         progress=lambda msg: status.update(msg))
+    quality = trained.metrics["quality"]
+    console.print(f"Predict Conversions: model v{trained.version.version} "
+                  f"({trained.version.kind}), validation AUC {quality['auc']:.3f}, "
+                  f"log loss {quality['log_loss']:.3f}; {trained.reason}")
+    with console.status("scoring…"):
+        scored = preds.score(propel, account_id, prediction.id)
+    table = Table("likelihood group", "users", "expected conversion rate (14 days)",
+                  title="Predict Conversions")
+    for group, size in scored.group_sizes.items():
+        table.add_row(group, f"{size:,}", f"{scored.expected_rates[group]:.1%}")
+    console.print(table)
 
 
 def _summary(propel: Propel, account_id: str, console: Console) -> None:

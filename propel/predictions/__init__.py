@@ -34,7 +34,8 @@ from propel.predictions.training import (
 )
 
 __all__ = ["NotEnoughData", "NotFound", "NotTrained", "SpecError", "backtest",
-           "create_prediction", "export_scores", "get", "score", "train"]
+           "create_prediction", "export_scores", "get", "schedules", "score",
+           "score_prediction", "train", "train_prediction"]
 
 DAY = 86_400
 
@@ -100,7 +101,9 @@ def backtest(propel: Propel, account_id: str, name_or_id: str, as_of: datetime
     return {
         "prediction": prediction.spec.name, "model_version": version.version,
         "as_of": as_of.date().isoformat(), "window_days": prediction.spec.window_days,
-        "window_complete": bool(last is not None and last >= end),
+        # the data runs to the end of the day of its last event
+        "window_complete": bool(last is not None and start_of_day(last) + timedelta(days=1)
+                                >= end),
         "users": int(len(y)), "positives": int(y.sum()),
         "auc": quality.auc(y, prob), "pr_auc": quality.pr_auc(y, prob),
         "log_loss": quality.log_loss(y, prob), "brier": quality.brier(y, prob),
