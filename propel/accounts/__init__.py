@@ -176,3 +176,40 @@ def check_passcode(db: Database, account_id: str, passcode: str) -> bool:
             select(accounts.c.passcode_hash).where(accounts.c.id == account_id)
         ).scalar()
     return stored is not None and hmac.compare_digest(stored, digest(passcode))
+
+
+@dataclass(frozen=True)
+class InboxCredentials:
+    client_key: str  # public: ships inside the app
+    signing_secret: str  # private: the app's server signs identities with it
+
+
+def inbox_credentials(db: Database, account_id: str) -> InboxCredentials:
+    """The account's inbox keys, created on first use."""
+
+    def _ensure(conn: Connection) -> InboxCredentials:
+        row = conn.execute(select(accounts.c.client_key, accounts.c.inbox_secret).where(
+            accounts.c.id == account_id)).first()
+        if row is None:
+            raise LookupError(f"no account {account_id!r}")
+        if row.client_key:
+            return InboxCredentials(row.client_key, row.inbox_secret)
+        creds = InboxCredentials("ck_" + secrets.token_urlsafe(18), secrets.token_urlsafe(32))
+        conn.execute(update(accounts).where(accounts.c.id == account_id).values(
+            client_key=creds.client_key, inbox_secret=creds.signing_secret))
+        return creds
+
+    return db.write(_ensure)
+
+
+def account_for_client_key(db: Database, client_key: str) -> tuple[str, str] | None:
+    """(account id, inbox signing secret) for a public client key."""
+    with db.read() as conn:
+        row = conn.execute(select(accounts.c.id, accounts.c.inbox_secret).where(
+            accounts.c.client_key == client_key)).first()
+    return (row.id, row.inbox_secret) if row else None
+
+
+def user_signature(signing_secret: str, identity: str) -> str:
+    """What the app's server computes for a user: hex HMAC-SHA256 of the identity."""
+    return hmac.new(signing_secret.encode(), identity.encode(), hashlib.sha256).hexdigest()

@@ -10,6 +10,10 @@ accounts = Table(
     Column("passcode_hash", String(64), nullable=False),
     Column("write_key_hash", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime(), nullable=False),
+    # App inbox: the public client key ships in the app; the signing secret stays on the
+    # app's server, which signs each user's identity (HMAC-SHA256) for the app to send.
+    Column("client_key", String(64), unique=True),
+    Column("inbox_secret", String(64)),
 )
 
 api_keys = Table(
