@@ -17,9 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from propel import __version__
-from propel.api import errors, predictions, v1
+from propel.api import campaigns, errors, predictions, v1
 from propel.api.auth import propel_of
-from propel.compat import clevertap, segment
+from propel.compat import clevertap, clevertap_targets, segment
 from propel.core import Propel
 from propel.lake.flush import pending_stats
 from propel.observability import Metrics
@@ -58,8 +58,10 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(predictions.router)
+    app.include_router(campaigns.router)
     app.include_router(segment.router)
     app.include_router(clevertap.router)
+    app.include_router(clevertap_targets.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _ops_routes(app)
     _access_log(app)
@@ -136,17 +138,19 @@ def _access_log(app: FastAPI) -> None:
 
 
 class Background:
-    def __init__(self, flusher: object, consumer: object | None) -> None:
-        self.flusher = flusher
+    def __init__(self, *threads: object, consumer: object | None = None) -> None:
+        self.threads = threads
         self.consumer = consumer
 
     def stop(self) -> None:
         if self.consumer is not None:
             self.consumer.stop(graceful=True)
-        self.flusher.stop()
+        for thread in self.threads:
+            thread.stop()
 
 
 def start_background(propel: Propel) -> Background:
+    from propel.campaigns.delivery import DeliveryThread
     from propel.jobs.tasks import (
         FlusherThread,
         create_huey,
@@ -157,9 +161,11 @@ def start_background(propel: Propel) -> Background:
     ensure_default_schedules(propel)
     flusher = FlusherThread(propel)
     flusher.start()
+    delivery = DeliveryThread(propel)
+    delivery.start()
     consumer = None
     if not propel.settings.redis_url:
         huey = create_huey(propel.settings)
         huey.propel_bind(propel)
         consumer = start_consumer(huey, propel.settings.consumer_workers)
-    return Background(flusher, consumer)
+    return Background(flusher, delivery, consumer=consumer)

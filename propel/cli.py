@@ -28,9 +28,12 @@ for sub, name in ((db_app, "db"), (accounts_app, "accounts"), (keys_app, "keys")
                   (events_app, "events"), (lake_app, "lake")):
     app.add_typer(sub, name=name)
 
+from propel.campaigns.cli import audiences_app, campaigns_app  # noqa: E402
 from propel.predictions.cli import app as predictions_app  # noqa: E402
 
 app.add_typer(predictions_app, name="predictions")
+app.add_typer(campaigns_app, name="campaigns")
+app.add_typer(audiences_app, name="audiences")
 
 console = Console()
 err = Console(stderr=True)
@@ -91,10 +94,15 @@ def worker(threads: int = 4) -> None:
     ensure_default_schedules(propel)
     huey = create_huey(settings)
     huey.propel_bind(propel)
+    from propel.campaigns.delivery import DeliveryThread
+
     flusher = FlusherThread(propel)
     flusher.start()
+    delivery = DeliveryThread(propel)
+    delivery.start()
     consumer = huey.create_consumer(workers=threads, worker_type="thread", periodic=True)
     consumer.run()
+    delivery.stop()
     flusher.stop()
 
 

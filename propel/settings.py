@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     write_timeout_seconds: float = Field(
         10.0, gt=0, description="A write that waits longer than this answers 503."
     )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="The address users' devices reach Propel at: tracking pixels, click "
+        "links and unsubscribe links in messages point here.",
+    )
     consumer_workers: int = Field(2, ge=1, description="Task threads of the in-process consumer.")
     log_format: str = Field("json", description="json or text.")
     faults: str = Field(

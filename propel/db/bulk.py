@@ -47,3 +47,13 @@ def insert_many(conn: Connection, table: str, columns: tuple[str, ...],
         sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                f"({', '.join([mark] * len(columns))})")
         conn.exec_driver_sql(sql, list(rows))
+
+
+def db_time(conn: Connection, value: Any) -> Any:
+    """A UTC datetime as the driver should bind it in raw SQL: SQLite stores the text
+    form SQLAlchemy's DateTime reads back; PostgreSQL takes the datetime itself."""
+    if value is None or conn.dialect.name != "sqlite":
+        return value
+    from datetime import UTC
+
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -1,0 +1,202 @@
+"""``propel campaigns …`` and ``propel audiences …``: terminal adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+campaigns_app = typer.Typer(help="Campaigns: Who × What × When.", no_args_is_help=True)
+audiences_app = typer.Typer(help="Audiences: who matches a rule.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPEL_ACCOUNT",
+                                                 help="Account id (or PROPEL_ACCOUNT).")]
+
+
+def _context(account: str | None) -> tuple[Any, str]:
+    from propel.cli import _account, _propel
+
+    propel = _propel()
+    return propel, _account(propel, account)
+
+
+def _json_arg(text: str, what: str) -> Any:
+    path = Path(text[1:]) if text.startswith("@") else None
+    try:
+        return json.loads(path.read_text() if path else text)
+    except (OSError, json.JSONDecodeError) as exc:
+        err.print(f"[red]error:[/] {what} is not valid JSON ({exc}); give JSON or @file")
+        raise typer.Exit(2) from None
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from propel import audiences
+    from propel.campaigns.service import CampaignError
+
+    try:
+        return fn(*args, **kwargs)
+    except (CampaignError, audiences.AudienceError, LookupError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+@campaigns_app.command("create")
+def create(spec: Annotated[str, typer.Argument(help="Campaign JSON (name, channel, audience, "
+                                               "content, schedule, ...) or @file.json")],
+           account: AccountOpt = None) -> None:
+    """Create a draft campaign from JSON."""
+    from propel.campaigns.service import create_campaign
+
+    propel, account_id = _context(account)
+    c = _run(create_campaign, propel, account_id, **_json_arg(spec, "campaign"))
+    console.print(f"created draft [bold]{c.name}[/] ({c.id})")
+
+
+@campaigns_app.command("list")
+def list_(account: AccountOpt = None) -> None:
+    from propel.campaigns.service import list_campaigns
+    from propel.campaigns.stats import headline
+
+    propel, account_id = _context(account)
+    table = Table("id", "name", "channel", "status", "targeted", "sent", "opened", "clicked",
+                  "converted")
+    for c in list_campaigns(propel, account_id):
+        h = headline(propel.db, c.id)
+        table.add_row(c.id, c.name, c.channel, c.status, *(f"{h[k]:,}" for k in (
+            "targeted", "sent", "opened", "clicked", "converted")))
+    console.print(table)
+
+
+@campaigns_app.command("show")
+def show(campaign_id: str, account: AccountOpt = None) -> None:
+    from propel.campaigns.service import get_campaign
+
+    propel, account_id = _context(account)
+    c = _run(get_campaign, propel, account_id, campaign_id)
+    console.print_json(json.dumps(c.as_dict()))
+
+
+@campaigns_app.command("send")
+def send(campaign_id: str, account: AccountOpt = None,
+         wait: bool = typer.Option(True, help="Deliver here until the run is finished.")
+         ) -> None:
+    """Publish a draft (or run a due one) and deliver it from this process."""
+    from propel.campaigns.delivery import DeliveryEngine
+    from propel.campaigns.dispatch import dispatch_campaign, finish_dispatches
+    from propel.campaigns.service import get_campaign, publish
+
+    propel, account_id = _context(account)
+    c = _run(get_campaign, propel, account_id, campaign_id)
+    if c.status == "draft":
+        c = _run(publish, propel, account_id, campaign_id)
+    if c.schedule["type"] != "now" and not wait:
+        console.print(f"scheduled for {c.next_run_at}")
+        return
+    dispatch_id = dispatch_campaign(propel, account_id, campaign_id)
+    if dispatch_id is None:
+        console.print(f"nothing due now (next run {c.next_run_at})")
+        return
+    if wait:
+        total = asyncio.run(_deliver_all(propel, DeliveryEngine(propel)))
+        finish_dispatches(propel)
+        console.print(f"dispatch {dispatch_id}: {total:,} messages handled")
+    _print_stats(propel, campaign_id)
+
+
+async def _deliver_all(propel: Any, engine: Any) -> int:
+    total = 0
+    try:
+        while True:
+            n = await engine.run_once()
+            if not n:
+                return total
+            total += n
+    finally:
+        await engine.aclose()
+
+
+@campaigns_app.command("stop")
+def stop(campaign_id: str, account: AccountOpt = None) -> None:
+    from propel.campaigns.service import stop as stop_campaign
+
+    propel, account_id = _context(account)
+    _run(stop_campaign, propel, account_id, campaign_id)
+    console.print(f"stopped {campaign_id}")
+
+
+@campaigns_app.command("stats")
+def stats(campaign_id: str, account: AccountOpt = None,
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Funnel, per group and variant, and lift over the holdout."""
+    from propel.campaigns.attribution import attribute_conversions
+    from propel.campaigns.service import get_campaign
+    from propel.campaigns.stats import campaign_stats
+
+    propel, account_id = _context(account)
+    _run(get_campaign, propel, account_id, campaign_id)
+    attribute_conversions(propel, campaign_id)
+    if as_json:
+        print(json.dumps(campaign_stats(propel.db, campaign_id)))
+        return
+    _print_stats(propel, campaign_id)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2%}" if value < 0 or value > 0 else "0.00%"
+
+
+def print_stats_table(stats: dict[str, Any], title: str) -> None:
+    cols = ("targeted", "holdout", "suppressed", "sent", "failed", "in_doubt", "opened",
+            "clicked", "converted")
+    table = Table("slice", *cols, "conv. rate", "holdout rate", "lift (95% CI)", title=title)
+
+    def row(label: str, s: dict[str, Any]) -> None:
+        lift = s.get("lift") or {}
+        ci = (f"{_pct(lift.get('diff'))} ({_pct(lift.get('low'))} … {_pct(lift.get('high'))})"
+              if lift.get("diff") is not None else "-")
+        rate_t, rate_h = lift.get("treated_rate"), lift.get("holdout_rate")
+        table.add_row(label, *(f"{s.get(c, 0):,}" for c in cols),
+                      "-" if rate_t is None else f"{rate_t:.2%}",
+                      "-" if rate_h is None else f"{rate_h:.2%}", ci)
+
+    row("all", {**stats["totals"], "lift": stats.get("lift")})
+    for group, s in stats.get("groups", {}).items():
+        row(f"group {group}", s)
+    for variant, s in stats.get("variants", {}).items():
+        row(f"variant {variant}", s)
+    console.print(table)
+
+
+def _print_stats(propel: Any, campaign_id: str) -> None:
+    from propel.campaigns.attribution import attribute_conversions
+    from propel.campaigns.stats import campaign_stats
+
+    attribute_conversions(propel, campaign_id)
+    print_stats_table(campaign_stats(propel.db, campaign_id), campaign_id)
+
+
+@audiences_app.command("count")
+def count(rule: Annotated[str, typer.Argument(help="Audience rule JSON or @file.json")],
+          account: AccountOpt = None) -> None:
+    from propel import audiences
+
+    propel, account_id = _context(account)
+    print(_run(audiences.count, propel, account_id, _json_arg(rule, "rule")))
+
+
+@audiences_app.command("export")
+def export(rule: Annotated[str, typer.Argument(help="Audience rule JSON or @file.json")],
+           output: Annotated[Path, typer.Option("--output", "-o")],
+           account: AccountOpt = None) -> None:
+    """Members as CSV (identity, email, phone, prediction groups)."""
+    from propel import audiences
+
+    propel, account_id = _context(account)
+    n = _run(audiences.export_csv, propel, account_id, _json_arg(rule, "rule"), output)
+    console.print(f"wrote {n:,} members to {output}")

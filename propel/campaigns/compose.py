@@ -1,0 +1,68 @@
+"""Compose one outbound message: the variant's content rendered for the user as they
+are at send time, plus tracking and unsubscribe links for e-mail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from propel.channels.base import Outbound
+from propel.core import Propel
+from propel.predictions.properties import score_properties
+
+
+def user_context(profile: Any, scores: dict[str, Any]) -> dict[str, Any]:
+    """What templates see: ``user`` (profile fields and properties) and ``predictions``
+    ({name: {group, score}})."""
+    if profile is None:
+        return {"user": {}, "predictions": {}}
+    props = orjson.loads(profile.properties)
+    user = {**props, "identity": profile.identity, "email": profile.email,
+            "phone": profile.phone, "timezone": profile.timezone}
+    predictions: dict[str, dict[str, Any]] = {}
+    for key, value in scores.items():
+        if key.endswith(" score"):
+            predictions.setdefault(key[: -len(" score")], {})["score"] = value
+        else:
+            predictions.setdefault(key, {})["group"] = value
+    return {"user": user, "predictions": predictions}
+
+
+def _address(channel: str, profile: Any) -> str | None:
+    if profile is None:
+        return None
+    if channel == "email":
+        return profile.email
+    if channel == "sms":
+        return profile.phone
+    if channel == "push":
+        tokens = orjson.loads(profile.push_tokens)
+        return tokens[-1] if tokens else None
+    return None
+
+
+def compose(propel: Propel, claimed: Any) -> Outbound:
+    from propel.campaigns import render, tracking
+
+    campaign = claimed.campaign
+    scores = score_properties(propel.db, campaign.account_id, [claimed.identity]).get(
+        claimed.identity, {})
+    context = {**user_context(claimed.profile, scores), "campaign": {"name": campaign.name}}
+    variants = campaign.content.get("variants", [])
+    variant = next((v for v in variants if v.get("name") == claimed.variant), variants[0])
+    fields = render.render(campaign.channel, variant, context)
+    out = Outbound(key=claimed.key, account_id=campaign.account_id, campaign_id=campaign.id,
+                   identity=claimed.identity, to=_address(campaign.channel, claimed.profile),
+                   subject=fields.get("subject", ""), html=fields.get("html", ""),
+                   text=fields.get("text", ""), title=fields.get("title", ""),
+                   body=fields.get("body", ""), url=fields.get("url") or None,
+                   data=fields.get("data") or {})
+    if campaign.channel == "email":
+        base = propel.settings.public_url
+        secret = propel.settings.resolved_secret_key()
+        out.html = tracking.rewrite_links(out.html, base, claimed.key, secret) + (
+            f'<img src="{tracking.tracking_pixel_url(base, claimed.key, secret)}" '
+            'width="1" height="1" alt="">')
+        out.headers.update(tracking.list_unsubscribe_headers(base, claimed.key, secret))
+    return out

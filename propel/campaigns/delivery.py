@@ -1,0 +1,391 @@
+"""Delivery: workers claim due outbox messages, apply caps and quiet hours, render,
+send through the channel, and record exactly one outcome per message.
+
+Honest accounting. A claimed message is marked ``sending`` (with a lease) and that is
+committed *before* it is handed to the provider. If the worker dies before recording
+the outcome, the lease expires and the message can only be one thing: sent or not,
+unknown. For a receiver that deduplicates on our key (e-mail Message-ID, webhook
+Idempotency-Key, inbox id) it is queued again, safely; for any other (push, SMS) it
+ends as ``in_doubt`` and is never resent automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import zoneinfo
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, func, or_, select, update
+
+from propel import faults
+from propel.campaigns.service import Campaign, _from_row
+from propel.campaigns.tables import campaigns, messages, send_counts
+from propel.channels.base import Channel, Outbound, Outcome
+from propel.core import Propel
+from propel.db.meta import upsert_insert, utcnow
+from propel.profiles.tables import profiles
+
+log = logging.getLogger("propel.delivery")
+MAX_ATTEMPTS = 5
+DEDUPING = {"email": True, "webhook": True, "inbox": True, "push": False, "sms": False}
+
+
+@dataclass
+class Claimed:
+    id: int
+    key: str
+    identity: str
+    variant: str | None
+    attempts: int
+    campaign: Campaign
+    profile: Any
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(3600, 30 * 2 ** max(0, attempts - 1)))
+
+
+def _local(now: datetime, tz_name: str | None) -> datetime:
+    try:
+        return now.astimezone(zoneinfo.ZoneInfo(tz_name or "UTC"))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return now
+
+
+def quiet_until(dnd: dict[str, Any] | None, now: datetime, tz_name: str | None
+                ) -> datetime | None:
+    """End of the quiet period the user is in now (their local time), else None."""
+    if not dnd:
+        return None
+    local = _local(now, tz_name)
+    start, end = time.fromisoformat(dnd["start"]), time.fromisoformat(dnd["end"])
+    t = local.time()
+    inside = (start <= t or t < end) if start > end else (start <= t < end)
+    if not inside:
+        return None
+    end_day = local.date() if t < end else local.date() + timedelta(days=1)
+    local_end = datetime.combine(end_day, end, tzinfo=local.tzinfo)
+    return local_end.astimezone(now.tzinfo)
+
+
+def _day(now: datetime) -> int:
+    return int(now.timestamp() // 86400)
+
+
+def _take_daily_cap(conn: Connection, account_id: str, identity: str, day: int, cap: int
+                    ) -> bool:
+    """One more send today for this user, if under the cap: a single guarded upsert,
+    atomic under concurrent workers (row lock on PostgreSQL, the writer on SQLite)."""
+    stmt = upsert_insert(conn.dialect.name, send_counts).values(
+        account_id=account_id, identity=identity, day=day, sends=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["account_id", "identity", "day"],
+        set_={"sends": send_counts.c.sends + 1},
+        where=send_counts.c.sends < cap,
+    ).returning(send_counts.c.sends)
+    return conn.execute(stmt).first() is not None
+
+
+def _release_daily_cap(conn: Connection, account_id: str, identity: str, day: int) -> None:
+    conn.execute(update(send_counts).where(
+        send_counts.c.account_id == account_id, send_counts.c.identity == identity,
+        send_counts.c.day == day, send_counts.c.sends > 0).values(sends=send_counts.c.sends - 1))
+
+
+def _over_campaign_cap(conn: Connection, campaign: Campaign, identity: str) -> bool:
+    cap = (campaign.caps or {}).get("per_campaign")
+    if not cap:
+        return False
+    sent = conn.execute(select(func.count()).select_from(messages).where(
+        messages.c.campaign_id == campaign.id, messages.c.identity == identity,
+        messages.c.state.in_(("sending", "sent", "in_doubt")))).scalar()
+    return sent >= cap
+
+
+class RateLimiter:
+    """Per-campaign send rate, as a token bucket (per worker process)."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[float, datetime]] = {}
+
+    def allowance(self, campaign: Campaign, now: datetime) -> int | None:
+        rate = campaign.rate_per_second
+        if not rate:
+            return None
+        tokens, last = self._state.get(campaign.id, (rate, now))
+        tokens = min(rate, tokens + (now - last).total_seconds() * rate)
+        self._state[campaign.id] = (tokens, now)
+        return int(tokens)
+
+    def spend(self, campaign: Campaign, n: int, now: datetime) -> None:
+        if campaign.rate_per_second:
+            tokens, _ = self._state.get(campaign.id, (0.0, now))
+            self._state[campaign.id] = (tokens - n, now)
+
+
+def recover_expired(propel: Propel, now: datetime | None = None) -> dict[str, int]:
+    """Messages whose worker died mid-send: re-queue where the receiver deduplicates,
+    otherwise record them as in_doubt."""
+    now = now or utcnow()
+
+    def _recover(conn: Connection) -> dict[str, int]:
+        rows = conn.execute(select(messages.c.id, campaigns.c.channel).join(
+            campaigns, campaigns.c.id == messages.c.campaign_id).where(
+            messages.c.state == "sending", messages.c.claim_until < now)).all()
+        resend = [r.id for r in rows if DEDUPING.get(r.channel)]
+        doubt = [r.id for r in rows if not DEDUPING.get(r.channel)]
+        for ids, values in ((resend, {"state": "queued", "reason": "resent after a crash"}),
+                            (doubt, {"state": "in_doubt",
+                                     "reason": "worker stopped after handing it over"})):
+            for start in range(0, len(ids), 1000):
+                conn.execute(update(messages).where(messages.c.id.in_(ids[start:start + 1000]))
+                             .values(claim_until=None, **values))
+        return {"resent": len(resend), "in_doubt": len(doubt)}
+
+    return propel.db.write(_recover)
+
+
+class DeliveryEngine:
+    def __init__(self, propel: Propel, *, batch_size: int = 500, lease_seconds: int = 300,
+                 channel_factory: Any = None) -> None:
+        self.propel = propel
+        self.batch_size = batch_size
+        self.lease = timedelta(seconds=lease_seconds)
+        self.rate = RateLimiter()
+        self._channels: dict[tuple[str, str], Channel] = {}
+        self._factory = channel_factory
+
+    def _channel(self, account_id: str, name: str) -> Channel:
+        key = (account_id, name)
+        if key not in self._channels:
+            if self._factory is not None:
+                self._channels[key] = self._factory(account_id, name)
+            else:
+                from propel.channels.registry import build_channel
+
+                self._channels[key] = build_channel(self.propel, account_id, name)
+        return self._channels[key]
+
+    async def aclose(self) -> None:
+        for channel in self._channels.values():
+            await channel.aclose()
+        self._channels.clear()
+
+    # -- claim -----------------------------------------------------------------------
+
+    def claim(self, now: datetime | None = None) -> list[Claimed]:
+        now = now or utcnow()
+        return self.propel.db.write(lambda conn: self._claim(conn, now))
+
+    def _claim(self, conn: Connection, now: datetime) -> list[Claimed]:
+        due = select(messages.c.id, messages.c.key, messages.c.identity, messages.c.variant,
+                     messages.c.attempts, messages.c.campaign_id, messages.c.account_id).where(
+            messages.c.state.in_(("queued", "pending_retry")),
+            or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now),
+        ).order_by(messages.c.id).limit(self.batch_size)
+        if conn.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True, of=messages)
+        rows = conn.execute(due).all()
+        if not rows:
+            return []
+        camp_rows = conn.execute(select(campaigns).where(
+            campaigns.c.id.in_({r.campaign_id for r in rows}))).all()
+        camps = {r.id: _from_row(r) for r in camp_rows}
+        profs = self._profiles(conn, rows)
+        claimed: list[Claimed] = []
+        decided: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        budget = {cid: self.rate.allowance(c, now) for cid, c in camps.items()}
+        for r in rows:
+            campaign = camps[r.campaign_id]
+            profile = profs.get((r.account_id, r.identity))
+            verdict = self._verdict(conn, campaign, r, profile, now, budget)
+            if verdict is None:
+                claimed.append(Claimed(r.id, r.key, r.identity, r.variant, r.attempts + 1,
+                                       campaign, profile))
+            elif verdict:
+                decided["x"].append((r.id, verdict))
+        for msg_id, values in decided["x"]:
+            conn.execute(update(messages).where(messages.c.id == msg_id).values(**values))
+        ids = [c.id for c in claimed]
+        for start in range(0, len(ids), 1000):
+            conn.execute(update(messages).where(messages.c.id.in_(ids[start:start + 1000]))
+                         .values(state="sending", attempts=messages.c.attempts + 1,
+                                 claim_until=now + self.lease))
+        for cid, n in _count_by(claimed).items():
+            self.rate.spend(camps[cid], n, now)
+        return claimed
+
+    @staticmethod
+    def _profiles(conn: Connection, rows: list) -> dict[tuple[str, str], Any]:
+        out = {}
+        by_account: dict[str, list[str]] = defaultdict(list)
+        for r in rows:
+            by_account[r.account_id].append(r.identity)
+        for account_id, idents in by_account.items():
+            for p in conn.execute(select(profiles).where(
+                    profiles.c.account_id == account_id, profiles.c.identity.in_(idents))):
+                out[(account_id, p.identity)] = p
+        return out
+
+    def _verdict(self, conn: Connection, campaign: Campaign, r: Any, profile: Any,
+                 now: datetime, budget: dict[str, int | None]) -> dict[str, Any] | None:
+        """None: send it now. Otherwise the values to record instead ({} = leave it)."""
+        if campaign.status == "stopped":
+            return {"state": "suppressed", "reason": "stopped"}
+        consent = orjson.loads(profile.consent) if profile is not None else {}
+        if consent.get(campaign.channel) is False:
+            return {"state": "suppressed", "reason": "unsubscribed"}
+        until = quiet_until(campaign.dnd, now, profile.timezone if profile else None)
+        if until is not None:
+            if campaign.dnd["action"] == "drop":
+                return {"state": "suppressed", "reason": "dnd"}
+            return {"next_attempt_at": until}
+        allowance = budget.get(campaign.id)
+        if allowance is not None:
+            if allowance <= 0:
+                return {}
+            budget[campaign.id] = allowance - 1
+        if _over_campaign_cap(conn, campaign, r.identity):
+            return {"state": "suppressed", "reason": "cap"}
+        per_day = (campaign.caps or {}).get("per_day")
+        if per_day and not _take_daily_cap(conn, r.account_id, r.identity, _day(now), per_day):
+            return {"state": "suppressed", "reason": "cap"}
+        return None
+
+    # -- send and record ---------------------------------------------------------------
+
+    async def run_once(self, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        recover_expired(self.propel, now)
+        claimed = self.claim(now)
+        if not claimed:
+            return 0
+        groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
+        for c in claimed:
+            groups[(c.campaign.account_id, c.campaign.channel)].append(c)
+        for (account_id, channel_name), batch in groups.items():
+            await self._send_group(account_id, channel_name, batch, now)
+        return len(claimed)
+
+    async def _send_group(self, account_id: str, channel_name: str, batch: list[Claimed],
+                          now: datetime) -> None:
+        from propel.campaigns.compose import compose
+
+        outbound: list[Outbound] = []
+        failed: list[Outcome] = []
+        for c in batch:
+            try:
+                outbound.append(compose(self.propel, c))
+            except Exception as exc:  # one bad message must not block the others
+                log.exception("could not compose message %s", c.key)
+                failed.append(Outcome(c.key, delivered=False, error=f"compose: {exc}"))
+        try:
+            channel = self._channel(account_id, channel_name)
+            outcomes = await channel.send(outbound) if outbound else []
+        except Exception as exc:  # misconfigured channel: nothing was handed over
+            log.warning("channel %s failed: %s", channel_name, exc)
+            outcomes = [Outcome(o.key, delivered=False, retryable=True, error=str(exc))
+                        for o in outbound]
+        faults.crash_point("deliver.after_send")
+        self.record(batch, outcomes + failed, now)
+
+    def record(self, batch: list[Claimed], outcomes: list[Outcome], now: datetime) -> None:
+        by_key = {c.key: c for c in batch}
+
+        def _record(conn: Connection) -> list[tuple[str, str, str]]:
+            bounces = []
+            for o in outcomes:
+                c = by_key[o.key]
+                if o.delivered:
+                    values = {"state": "sent", "sent_at": now, "reason": None,
+                              "provider_ref": o.provider_ref}
+                elif o.retryable and c.attempts < MAX_ATTEMPTS:
+                    values = {"state": "pending_retry", "reason": (o.error or "")[:200],
+                              "next_attempt_at": now + backoff(c.attempts)}
+                else:
+                    values = {"state": "failed",
+                              "reason": ("bounced: " if o.bounced else "")
+                              + (o.error or "failed")[:180]}
+                    if o.bounced:
+                        bounces.append((c.campaign.account_id, c.identity, c.campaign.channel))
+                if not o.delivered and (c.campaign.caps or {}).get("per_day"):
+                    _release_daily_cap(conn, c.campaign.account_id, c.identity, _day(now))
+                conn.execute(update(messages).where(
+                    messages.c.id == c.id, messages.c.state == "sending").values(
+                    claim_until=None, **values))
+            return bounces
+
+        bounces = self.propel.db.write(_record)
+        if bounces:
+            from propel.campaigns.consent import revoke_consent
+
+            for account_id, identity, channel in bounces:
+                revoke_consent(self.propel, account_id, identity, channel, "bounce")
+
+
+def _count_by(claimed: list[Claimed]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for c in claimed:
+        out[c.campaign.id] += 1
+    return out
+
+
+def pending_count(propel: Propel) -> int:
+    now = utcnow()
+    with propel.db.read() as conn:
+        return conn.execute(select(func.count()).select_from(messages).where(
+            messages.c.state.in_(("queued", "pending_retry")),
+            or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now),
+        )).scalar()
+
+
+class DeliveryThread(threading.Thread):
+    """Runs due campaign dispatches and the delivery engine inside serve / worker."""
+
+    def __init__(self, propel: Propel, interval: float = 0.5) -> None:
+        super().__init__(name="propel-delivery", daemon=True)
+        self.propel = propel
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        from propel.campaigns.dispatch import dispatch_campaign, finish_dispatches
+        from propel.campaigns.service import due_campaigns
+
+        engine = DeliveryEngine(self.propel)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    for campaign_id in due_campaigns(self.propel):
+                        account = _account_of(self.propel, campaign_id)
+                        dispatch_campaign(self.propel, account, campaign_id)
+                    sent = await engine.run_once()
+                    finish_dispatches(self.propel)
+                except Exception:  # keep delivering after a transient failure
+                    log.exception("delivery loop failed; retrying")
+                    sent = 0
+                if not sent:
+                    await asyncio.sleep(self.interval)
+        finally:
+            await engine.aclose()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=60)
+
+
+def _account_of(propel: Propel, campaign_id: str) -> str:
+    with propel.db.read() as conn:
+        return conn.execute(select(campaigns.c.account_id).where(
+            campaigns.c.id == campaign_id)).scalar()
+
+

@@ -1,0 +1,187 @@
+"""Dispatch: turn a due campaign into outbox messages, one per targeted user.
+
+The holdout is drawn here, per campaign and deterministically from the user id,
+*before* caps, quiet hours and reachability are applied, so "assigned to be
+messaged" and "held out" are comparable groups (intent-to-treat). Everything the
+audience matched is recorded: holdout, suppressed (unreachable, unsubscribed) or
+queued, with the user's prediction group, score and model version at that moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from propel.campaigns.service import (
+    Campaign,
+    first_run_at,
+    get_campaign,
+    local_send_time,
+)
+from propel.campaigns.tables import campaigns, dispatches, messages
+from propel.core import Propel
+from propel.db.bulk import db_time, insert_many
+from propel.db.meta import utcnow
+
+log = logging.getLogger("propel.campaigns")
+ADDRESS = {"email": "email", "sms": "phone", "push": "push_tokens"}
+_MSG_COLUMNS = ("account_id", "campaign_id", "dispatch_id", "identity", "key", "variant",
+                "grp", "score", "model_version", "state", "reason", "attempts",
+                "next_attempt_at", "created_at")
+
+
+def in_holdout(campaign_id: str, identity: str, pct: float) -> bool:
+    digest = hashlib.blake2b(f"holdout:{campaign_id}:{identity}".encode(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < pct
+
+
+def message_key(dispatch_id: int, identity: str) -> str:
+    return "m" + hashlib.blake2b(f"{dispatch_id}:{identity}".encode(), digest_size=16
+                                 ).hexdigest()
+
+
+def reachable(channel: str, member: Any) -> str | None:
+    """None when the member can get this channel, else the suppression reason."""
+    consent = member.consent or {}
+    if consent.get(channel) is False:
+        return "unsubscribed"
+    field = ADDRESS.get(channel)
+    if field and not getattr(member, field):
+        return "unreachable"
+    return None
+
+
+def _group_for(campaign: Campaign, member: Any, prediction_name: str | None
+               ) -> tuple[str | None, float | None, int | None]:
+    if not prediction_name:
+        return None, None, None
+    found = (member.predictions or {}).get(prediction_name)
+    return tuple(found) if found else (None, None, None)  # type: ignore[return-value]
+
+
+def _prediction_name(propel: Propel, campaign: Campaign) -> str | None:
+    if not campaign.prediction_id:
+        return None
+    from propel.predictions.registry import NotFound, get_by_id
+
+    try:
+        return get_by_id(propel.db, campaign.prediction_id).spec.name
+    except NotFound:
+        return None
+
+
+def _open_dispatch(conn: Connection, campaign: Campaign, run_at: datetime) -> int | None:
+    """Claim this run of the campaign: advance next_run_at in the same transaction, so
+    two workers never dispatch the same run."""
+    schedule = campaign.schedule
+    nxt = None
+    if schedule["type"] == "recurring":
+        nxt = first_run_at(schedule, run_at + timedelta(minutes=1))
+        until = schedule.get("until")
+        if until and nxt > datetime.fromisoformat(until):
+            nxt = None
+    claimed = conn.execute(update(campaigns).where(
+        campaigns.c.id == campaign.id, campaigns.c.next_run_at == run_at,
+        campaigns.c.status.in_(("scheduled", "running"))).values(
+        next_run_at=nxt, status="running", started_at=campaign.started_at or utcnow(),
+        updated_at=utcnow())).rowcount
+    if not claimed:
+        return None
+    return conn.execute(insert(dispatches).values(
+        campaign_id=campaign.id, account_id=campaign.account_id, started_at=utcnow(),
+        status="materializing").returning(dispatches.c.id)).scalar()
+
+
+def dispatch_campaign(propel: Propel, account_id: str, campaign_id: str) -> int | None:
+    """Start the due run of a campaign; returns the dispatch id (None if not due or
+    another worker took it)."""
+    from propel import audiences
+    from propel.campaigns.render import choose_variant
+
+    campaign = get_campaign(propel, account_id, campaign_id)
+    if campaign.next_run_at is None or campaign.status not in ("scheduled", "running"):
+        return None
+    run_at = campaign.next_run_at
+    dispatch_id = propel.db.write(lambda conn: _open_dispatch(conn, campaign, run_at))
+    if dispatch_id is None:
+        return None
+    members = audiences.materialize(propel, account_id, campaign.audience)
+    prediction_name = _prediction_name(propel, campaign)
+    variants = campaign.content.get("variants", [])
+    now = utcnow()
+    rows = []
+    for member in members:
+        key = message_key(dispatch_id, member.identity)
+        group, score, version = _group_for(campaign, member, prediction_name)
+        if in_holdout(campaign.id, member.identity, campaign.holdout_pct):
+            state, reason = "holdout", None
+        else:
+            reason = reachable(campaign.channel, member)
+            state = "suppressed" if reason else "queued"
+        when = local_send_time(campaign.schedule, run_at, member.timezone)
+        rows.append((account_id, campaign.id, dispatch_id, member.identity, key,
+                     choose_variant(variants, key) if variants else None, group, score,
+                     version, state, reason, 0, when, now))
+    _store_messages(propel, dispatch_id, rows)
+    log.info("dispatched %s: %s users", campaign.name, len(rows))
+    return dispatch_id
+
+
+def _store_messages(propel: Propel, dispatch_id: int, rows: list[tuple]) -> None:
+    def _insert(conn: Connection) -> None:
+        stored = [(*r[:12], db_time(conn, r[12]), db_time(conn, r[13])) for r in rows]
+        for start in range(0, len(stored), 5000):
+            insert_many(conn, "messages", _MSG_COLUMNS, stored[start:start + 5000])
+        conn.execute(update(dispatches).where(dispatches.c.id == dispatch_id).values(
+            status="sending", targeted=len(rows)))
+
+    propel.db.write(_insert)
+
+
+def cancel_pending(propel: Propel, campaign_id: str) -> int:
+    """A stopped campaign sends nothing more: queued and retrying messages end as
+    suppressed (stopped); messages already handed to a provider keep their state."""
+    def _cancel(conn: Connection) -> int:
+        n = conn.execute(update(messages).where(
+            messages.c.campaign_id == campaign_id,
+            messages.c.state.in_(("queued", "pending_retry"))).values(
+            state="suppressed", reason="stopped")).rowcount
+        conn.execute(update(dispatches).where(dispatches.c.campaign_id == campaign_id,
+                                              dispatches.c.status != "done").values(
+            status="stopped", finished_at=utcnow()))
+        return n
+
+    return propel.db.write(_cancel)
+
+
+def finish_dispatches(propel: Propel) -> int:
+    """Mark dispatches done once nothing is left to send; a campaign with no further
+    run is then completed."""
+    from sqlalchemy import exists
+
+    busy = ("queued", "pending_retry", "sending")
+
+    def _finish(conn: Connection) -> int:
+        open_ids = conn.execute(select(dispatches.c.id, dispatches.c.campaign_id).where(
+            dispatches.c.status == "sending")).all()
+        done = 0
+        for dispatch_id, campaign_id in open_ids:
+            pending = conn.execute(select(exists().where(
+                messages.c.dispatch_id == dispatch_id, messages.c.state.in_(busy)))).scalar()
+            if pending:
+                continue
+            conn.execute(update(dispatches).where(dispatches.c.id == dispatch_id).values(
+                status="done", finished_at=utcnow()))
+            conn.execute(update(campaigns).where(
+                campaigns.c.id == campaign_id, campaigns.c.status == "running",
+                campaigns.c.next_run_at.is_(None)).values(
+                status="completed", finished_at=utcnow(), updated_at=utcnow()))
+            done += 1
+        return done
+
+    return propel.db.write(_finish)
