@@ -17,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from propel import __version__
-from propel.api import campaigns, errors, predictions, v1
+from propel.api import campaigns, errors, inbox, predictions, v1
 from propel.api.auth import propel_of
+from propel.campaigns import tracking
 from propel.compat import clevertap, clevertap_targets, segment
 from propel.core import Propel
 from propel.lake.flush import pending_stats
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
     app.include_router(v1.router)
     app.include_router(predictions.router)
     app.include_router(campaigns.router)
+    app.include_router(inbox.router)
+    app.include_router(tracking.router)
     app.include_router(segment.router)
     app.include_router(clevertap.router)
     app.include_router(clevertap_targets.router)

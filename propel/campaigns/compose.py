@@ -12,21 +12,16 @@ from propel.core import Propel
 from propel.predictions.properties import score_properties
 
 
-def user_context(profile: Any, scores: dict[str, Any]) -> dict[str, Any]:
-    """What templates see: ``user`` (profile fields and properties) and ``predictions``
-    ({name: {group, score}})."""
-    if profile is None:
-        return {"user": {}, "predictions": {}}
-    props = orjson.loads(profile.properties)
-    user = {**props, "identity": profile.identity, "email": profile.email,
-            "phone": profile.phone, "timezone": profile.timezone}
-    predictions: dict[str, dict[str, Any]] = {}
+def predictions_of(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``score_properties`` output ({name: group, "name score": score}) as templates see
+    it: {name: {"group", "score"}}."""
+    out: dict[str, dict[str, Any]] = {}
     for key, value in scores.items():
         if key.endswith(" score"):
-            predictions.setdefault(key[: -len(" score")], {})["score"] = value
+            out.setdefault(key[: -len(" score")], {})["score"] = value
         else:
-            predictions.setdefault(key, {})["group"] = value
-    return {"user": user, "predictions": predictions}
+            out.setdefault(key, {})["group"] = value
+    return out
 
 
 def _address(channel: str, profile: Any) -> str | None:
@@ -48,7 +43,11 @@ def compose(propel: Propel, claimed: Any) -> Outbound:
     campaign = claimed.campaign
     scores = score_properties(propel.db, campaign.account_id, [claimed.identity]).get(
         claimed.identity, {})
-    context = {**user_context(claimed.profile, scores), "campaign": {"name": campaign.name}}
+    base = propel.settings.public_url
+    secret = propel.settings.resolved_secret_key()
+    context = render.build_context(
+        claimed.profile, predictions=predictions_of(scores), campaign_name=campaign.name,
+        unsubscribe_url=tracking.unsubscribe_url(base, claimed.key, secret))
     variants = campaign.content.get("variants", [])
     variant = next((v for v in variants if v.get("name") == claimed.variant), variants[0])
     fields = render.render(campaign.channel, variant, context)
@@ -59,8 +58,6 @@ def compose(propel: Propel, claimed: Any) -> Outbound:
                    body=fields.get("body", ""), url=fields.get("url") or None,
                    data=fields.get("data") or {})
     if campaign.channel == "email":
-        base = propel.settings.public_url
-        secret = propel.settings.resolved_secret_key()
         out.html = tracking.rewrite_links(out.html, base, claimed.key, secret) + (
             f'<img src="{tracking.tracking_pixel_url(base, claimed.key, secret)}" '
             'width="1" height="1" alt="">')

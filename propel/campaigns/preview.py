@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from propel.campaigns.compose import user_context
+from propel.campaigns.compose import predictions_of
 from propel.campaigns.service import Campaign
 from propel.core import Propel
 from propel.predictions.properties import score_properties
@@ -25,7 +25,8 @@ def preview_for(propel: Propel, campaign: Campaign, identity: str) -> dict[str, 
     if profile is None:
         raise LookupError(f"no user {identity!r} in this account")
     scores = score_properties(propel.db, campaign.account_id, [identity]).get(identity, {})
-    context = {**user_context(profile, scores), "campaign": {"name": campaign.name}}
+    context = render.build_context(profile, predictions=predictions_of(scores),
+                                   campaign_name=campaign.name)
     return {"identity": identity, "variants": {
         v.get("name", "A"): render.render(campaign.channel, v, context)
         for v in campaign.content.get("variants", [])}}
