@@ -24,6 +24,8 @@ from propel.app import create_app
 from propel.core import Propel
 from propel.settings import Settings
 
+pytest_plugins = ["peers.fixtures"]
+
 PG_URL = os.environ.get("PROPEL_TEST_POSTGRES_URL")
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

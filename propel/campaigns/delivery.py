@@ -305,6 +305,9 @@ class DeliveryEngine:
                 if o.delivered:
                     values = {"state": "sent", "sent_at": now, "reason": None,
                               "provider_ref": o.provider_ref}
+                elif o.unknown and not DEDUPING.get(c.campaign.channel):
+                    # it may have arrived: a second copy is worse than none
+                    values = {"state": "in_doubt", "reason": (o.error or "")[:200]}
                 elif o.retryable and c.attempts < MAX_ATTEMPTS:
                     values = {"state": "pending_retry", "reason": (o.error or "")[:200],
                               "next_attempt_at": now + backoff(c.attempts)}

@@ -38,6 +38,11 @@ class Outcome:
     provider_ref: str | None = None
     bounced: bool = False  # permanent address failure: update consent
 
+    @property
+    def unknown(self) -> bool:
+        """The request went out but no answer came back: it may have arrived."""
+        return not self.delivered and (self.error or "").startswith("outcome unknown")
+
 
 class Channel(Protocol):
     name: str

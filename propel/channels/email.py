@@ -1,0 +1,343 @@
+"""E-mail over SMTP (aiosmtplib).
+
+One connection serves a whole batch (and stays open for the next): opening a TLS
+session and logging in costs more than sending a message, and relays throttle clients
+that reconnect for every mail. The transaction runs MAIL, RCPT, DATA step by step, so
+when the connection drops it is known whether the relay could have the message: before
+DATA it cannot, and the message is resent at once on a new connection; during DATA it
+may, and the message is answered retryable ("outcome unknown"). If a connection cannot
+be (re)opened, the rest of the batch is answered retryable at once instead of waiting
+out a timeout per message.
+
+Outcomes follow SMTP's own classes: 250 → delivered; 4xx (or no answer) → retryable;
+5xx on RCPT for the *address* (550 / 5.1.x "no such user", 5.2.1 "mailbox disabled")
+→ bounced, which revokes e-mail consent upstream; any other 5xx → failed. A 5xx that
+is about *us* (5.7.1 relaying denied, 5.7.x policy) is not a bounce: treating it as one
+would revoke consent for every recipient of a misconfigured relay.
+
+The Message-ID is ``<{key}@{domain}>``: stable per message, so a resend after a crash
+is recognisable as the same mail (``dedupes = True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import EmailPolicy
+from email.utils import formatdate, parseaddr
+from html.parser import HTMLParser
+from typing import ClassVar
+
+import aiosmtplib
+
+from propel.channels.base import ChannelError, Outbound, Outcome
+
+SECURITY = ("starttls", "tls", "none")
+_DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+# Set by the channel itself (or never sent); a caller's header of the same name is ignored.
+_STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version", "bcc"}
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    """SMTP relay settings; ``registry`` validates and stores them per account."""
+
+    SECRETS: ClassVar[tuple[str, ...]] = ("password",)
+
+    host: str = field(metadata={"help": "SMTP relay host name or IP."})
+    from_address: str = field(
+        metadata={"help": 'From header, e.g. "Shop <news@shop.example>".'})
+    port: int | None = field(
+        default=None, metadata={"min": 1, "max": 65535,
+                                "help": "Default 587 (starttls), 465 (tls), 25 (none)."})
+    security: str = field(
+        default="starttls",
+        metadata={"choices": SECURITY,
+                  "help": "starttls: upgrade a plain connection (required, never silently "
+                          "skipped); tls: TLS from the first byte; none: plain text."})
+    username: str | None = field(default=None, metadata={"help": "SMTP AUTH user."})
+    password: str | None = field(default=None, repr=False, metadata={"help": "SMTP AUTH password."})
+    reply_to: str | None = field(default=None, metadata={"help": "Reply-To header."})
+    return_path: str | None = field(
+        default=None,
+        metadata={"help": "Envelope sender (MAIL FROM) that receives bounces; "
+                          "default the From address."})
+    message_id_domain: str | None = field(
+        default=None, metadata={"help": "Domain of Message-IDs; default the From domain."})
+    local_hostname: str | None = field(
+        default=None, metadata={"help": "Name sent in EHLO; default the From domain."})
+    timeout: float = field(
+        default=30.0, metadata={"min": 0.1, "max": 600,
+                                "help": "Seconds to wait for any one SMTP reply."})
+    validate_certs: bool = field(
+        default=True, metadata={"help": "Verify the relay's TLS certificate."})
+    ca_file: str | None = field(
+        default=None, metadata={"help": "PEM bundle to verify the relay with (private CA)."})
+
+    def __post_init__(self) -> None:
+        _, addr = parseaddr(self.from_address)
+        if "@" not in addr:
+            raise ChannelError(
+                f"email.from_address must contain an address like news@shop.example, "
+                f"got {self.from_address!r}")
+        if self.return_path is not None and "@" not in parseaddr(self.return_path)[1]:
+            raise ChannelError("email.return_path must be an e-mail address")
+        if self.username and not self.password:
+            raise ChannelError("email.password is required when email.username is set")
+        if self.password and not self.username:
+            raise ChannelError("email.username is required when email.password is set")
+
+    @property
+    def from_addr(self) -> str:
+        return parseaddr(self.from_address)[1]
+
+    @property
+    def domain(self) -> str:
+        return self.message_id_domain or self.from_addr.rpartition("@")[2]
+
+    @property
+    def resolved_port(self) -> int:
+        return self.port or _DEFAULT_PORTS[self.security]
+
+
+class _WirePolicy(EmailPolicy):
+    """SMTP line endings, and ASCII headers that must survive verbatim left unfolded.
+
+    The standard folder turns any word longer than a line into an RFC 2047 encoded-word
+    (``=?utf-8?q?=3Chttps...``): a signed unsubscribe URL in ``List-Unsubscribe`` would
+    reach the mailbox provider mangled, and one-click unsubscribe (RFC 8058) would not
+    work. Such headers are sent on one line instead (SMTP allows 998 characters).
+    """
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        text = str(value)
+        if (text.isascii() and len(name) + len(text) + 2 <= 998
+                and (name.lower().startswith("list-") or any(len(w) > 76 for w in text.split()))):
+            return f"{name}: {text}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_WIRE = _WirePolicy(linesep="\r\n")
+# Bodies are encoded 7-bit clean (quoted-printable or base64 as needed): they pass any
+# relay unchanged, so a DKIM signature over them survives relays without 8BITMIME.
+_BODY = EmailPolicy(cte_type="7bit")
+
+
+class _TextOf(HTMLParser):
+    """Plain text of an HTML body, for mail that came with HTML only: a message
+    without a text part scores worse with spam filters and is unreadable in text
+    clients."""
+
+    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("style", "script", "head"):
+            self._skip += 1
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script", "head"):
+            self._skip = max(0, self._skip - 1)
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _TextOf()
+    parser.feed(html)
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line).strip()
+
+
+def _is_address_bounce(code: int, message: str) -> bool:
+    """A permanent failure about the recipient's address, not about us or the content."""
+    if code < 500:
+        return False
+    enhanced = _ENHANCED.match(message or "")
+    if enhanced:
+        klass, subject, detail = enhanced.groups()
+        # 5.1.x: bad mailbox / domain / syntax / moved; 5.2.1: mailbox disabled.
+        return klass == "5" and (subject == "1" or (subject == "2" and detail == "1"))
+    return code in (550, 551, 553)
+
+
+class EmailChannel:
+    """Sends each batch over one SMTP connection, kept open between batches."""
+
+    name = "email"
+    dedupes = True
+
+    def __init__(self, config: EmailConfig) -> None:
+        self.config = config
+        self.connections = 0  # opened so far; tests and metrics read it
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._down: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def send(self, batch: list[Outbound]) -> list[Outcome]:
+        async with self._lock:  # one SMTP conversation at a time on the connection
+            self._down = None  # every batch gets a fresh chance to connect
+            return [await self._send_one(ob) for ob in batch]
+
+    async def aclose(self) -> None:
+        await self._drop(polite=True)
+
+    # -- one message ---------------------------------------------------------------
+
+    def build_message(self, ob: Outbound) -> EmailMessage:
+        """The MIME message exactly as it goes on the wire (also used for previews)."""
+        cfg = self.config
+        msg = EmailMessage(policy=_BODY)
+        msg["From"] = cfg.from_address
+        msg["To"] = ob.to or ""
+        msg["Subject"] = ob.subject
+        msg["Date"] = formatdate(usegmt=True)
+        msg["Message-ID"] = f"<{ob.key}@{cfg.domain}>"
+        if cfg.reply_to:
+            msg["Reply-To"] = cfg.reply_to
+        for name, value in ob.headers.items():
+            if name.lower() in _STRUCTURAL:
+                continue
+            del msg[name]
+            msg[name] = value
+        msg.set_content(ob.text or html_to_text(ob.html))
+        if ob.html:
+            msg.add_alternative(ob.html, subtype="html")
+        return msg
+
+    async def _send_one(self, ob: Outbound) -> Outcome:
+        if not ob.to:
+            return Outcome(ob.key, delivered=False, error="no e-mail address")
+        try:
+            msg = self.build_message(ob)
+        except (ValueError, TypeError) as exc:  # e.g. a header value with a line break
+            return Outcome(ob.key, delivered=False, error=f"invalid message: {exc}")
+        for attempt in (1, 2):
+            if self._down is not None:
+                return Outcome(ob.key, delivered=False, retryable=True, error=self._down)
+            try:
+                smtp = await self._connection()
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                self._down = f"SMTP login refused: {exc.code} {exc.message}"
+                continue
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                cfg = self.config
+                self._down = (f"cannot connect to {cfg.host}:{cfg.resolved_port}: "
+                              f"{type(exc).__name__}: {exc}")
+                continue
+            stage = ["mail"]
+            try:
+                return await self._transaction(smtp, ob, msg, stage)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                await self._drop()
+                if stage[-1] != "data" and attempt == 1:
+                    # The server hung up before taking any of this message (an idle
+                    # connection it had closed, a restart): resend on a new connection.
+                    continue
+                return self._lost(ob, stage[-1], exc)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                await self._drop()
+                return self._lost(ob, stage[-1], exc)
+        return Outcome(ob.key, delivered=False, retryable=True, error=self._down)
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, ob: Outbound, msg: EmailMessage,
+                           stage: list[str]) -> Outcome:
+        """MAIL, RCPT, DATA one by one, so a failure is known to be before or after the
+        relay took the message (``stage`` records how far it got)."""
+        sender = self.config.return_path or self.config.from_addr
+        to = ob.to or ""
+        utf8 = not (sender + to).isascii()
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            return Outcome(ob.key, delivered=False,
+                           error="the relay cannot send to non-ASCII addresses (no SMTPUTF8)")
+        options = ["SMTPUTF8"] if utf8 else []
+        eight_bit = smtp.supports_extension("8bitmime")
+        if eight_bit:
+            options.append("BODY=8BITMIME")
+        raw = msg.as_bytes(policy=_WIRE.clone(utf8=utf8, cte_type="8bit" if eight_bit else "7bit"))
+        if smtp.supports_extension("size"):
+            options.insert(0, f"SIZE={len(raw)}")
+        encoding = "utf-8" if utf8 else "ascii"
+        try:
+            await smtp.mail(sender, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            return await self._rejected(smtp, ob, exc.code, exc.message, at_rcpt=False)
+        stage.append("rcpt")
+        try:
+            await smtp.rcpt(to, encoding=encoding)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            return await self._rejected(smtp, ob, exc.code, exc.message, at_rcpt=True)
+        stage.append("data")
+        try:
+            response = await smtp.data(raw)
+        except aiosmtplib.SMTPDataError as exc:
+            return await self._rejected(smtp, ob, exc.code, exc.message, at_rcpt=False)
+        return Outcome(ob.key, delivered=True, provider_ref=(response.message or "")[:200] or None)
+
+    @staticmethod
+    def _lost(ob: Outbound, stage: str, exc: BaseException) -> Outcome:
+        what = "outcome unknown" if stage == "data" else "not sent"
+        # After DATA the relay may have the message; a resend keeps its Message-ID.
+        return Outcome(ob.key, delivered=False, retryable=True,
+                       error=f"{what}: connection lost at {stage.upper()}: "
+                             f"{type(exc).__name__}: {exc}")
+
+    async def _rejected(self, smtp: aiosmtplib.SMTP, ob: Outbound, code: int, message: str, *,
+                        at_rcpt: bool) -> Outcome:
+        if code == 421:  # the server is closing this connection
+            await self._drop()
+        elif smtp.is_connected:  # end the half-open envelope before the next message
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await smtp.rset()
+        error = f"{code} {message}".strip()
+        if 400 <= code < 500 or code < 200:
+            return Outcome(ob.key, delivered=False, retryable=True, error=error)
+        bounced = at_rcpt and _is_address_bounce(code, message)
+        return Outcome(ob.key, delivered=False, bounced=bounced, error=error)
+
+    # -- the connection ------------------------------------------------------------
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        if self._smtp is not None and self._smtp.is_connected:
+            return self._smtp
+        await self._drop()
+        cfg = self.config
+        smtp = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.resolved_port,
+            username=cfg.username,
+            password=cfg.password,
+            use_tls=cfg.security == "tls",
+            start_tls=cfg.security == "starttls",
+            validate_certs=cfg.validate_certs,
+            cert_bundle=cfg.ca_file,
+            timeout=cfg.timeout,
+            # Without this aiosmtplib calls socket.getfqdn(), a blocking DNS lookup.
+            local_hostname=cfg.local_hostname or cfg.domain,
+        )
+        await smtp.connect()
+        self.connections += 1
+        self._smtp = smtp
+        return smtp
+
+    async def _drop(self, *, polite: bool = False) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        if polite and smtp.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await asyncio.wait_for(smtp.quit(), timeout=min(self.config.timeout, 5))
+        with contextlib.suppress(Exception):
+            smtp.close()
