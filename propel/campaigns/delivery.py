@@ -180,10 +180,14 @@ class DeliveryEngine:
     # -- claim -----------------------------------------------------------------------
 
     def claim(self, now: datetime | None = None) -> list[Claimed]:
+        return self._claim_and_decide(now)[0]
+
+    def _claim_and_decide(self, now: datetime | None = None) -> tuple[list[Claimed], int]:
+        """(messages to send now, messages otherwise decided: suppressed or delayed)."""
         now = now or utcnow()
         return self.propel.db.write(lambda conn: self._claim(conn, now))
 
-    def _claim(self, conn: Connection, now: datetime) -> list[Claimed]:
+    def _claim(self, conn: Connection, now: datetime) -> tuple[list[Claimed], int]:
         due = select(messages.c.id, messages.c.key, messages.c.identity, messages.c.variant,
                      messages.c.attempts, messages.c.campaign_id, messages.c.account_id).where(
             messages.c.state.in_(("queued", "pending_retry")),
@@ -193,7 +197,7 @@ class DeliveryEngine:
             due = due.with_for_update(skip_locked=True, of=messages)
         rows = conn.execute(due).all()
         if not rows:
-            return []
+            return [], 0
         camp_rows = conn.execute(select(campaigns).where(
             campaigns.c.id.in_({r.campaign_id for r in rows}))).all()
         camps = {r.id: _from_row(r) for r in camp_rows}
@@ -219,7 +223,7 @@ class DeliveryEngine:
                                  claim_until=now + self.lease))
         for cid, n in _count_by(claimed).items():
             self.rate.spend(camps[cid], n, now)
-        return claimed
+        return claimed, len(decided["x"])
 
     @staticmethod
     def _profiles(conn: Connection, rows: list) -> dict[tuple[str, str], Any]:
@@ -261,17 +265,19 @@ class DeliveryEngine:
     # -- send and record ---------------------------------------------------------------
 
     async def run_once(self, now: datetime | None = None) -> int:
+        """Handle one batch; returns how many messages moved (sent, failed, suppressed,
+        delayed), 0 when nothing is due."""
         now = now or utcnow()
         recover_expired(self.propel, now)
-        claimed = self.claim(now)
+        claimed, decided = self._claim_and_decide(now)
         if not claimed:
-            return 0
+            return decided
         groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
         for c in claimed:
             groups[(c.campaign.account_id, c.campaign.channel)].append(c)
         for (account_id, channel_name), batch in groups.items():
             await self._send_group(account_id, channel_name, batch, now)
-        return len(claimed)
+        return len(claimed) + decided
 
     async def _send_group(self, account_id: str, channel_name: str, batch: list[Claimed],
                           now: datetime) -> None:

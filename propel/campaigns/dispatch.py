@@ -106,6 +106,8 @@ def dispatch_campaign(propel: Propel, account_id: str, campaign_id: str) -> int 
     campaign = get_campaign(propel, account_id, campaign_id)
     if campaign.next_run_at is None or campaign.status not in ("scheduled", "running"):
         return None
+    if campaign.next_run_at > utcnow():
+        return None  # not due yet
     run_at = campaign.next_run_at
     dispatch_id = propel.db.write(lambda conn: _open_dispatch(conn, campaign, run_at))
     if dispatch_id is None:

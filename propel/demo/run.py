@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -104,13 +105,16 @@ def run_demo(propel: Propel, *, users: int, days: int, seed: int, account_id: st
     _summary(propel, account_id, console)
     console.print(f"Loaded {accepted:,} new events ({duplicates:,} already there) in "
                   f"{time.perf_counter() - started:.1f}s into account {account_id}.")
-    predict_conversions(propel, account_id, console)
+    prediction = predict_conversions(propel, account_id, console)
+    from propel.demo.engage import engage_demo
+
+    engage_demo(propel, account_id, prediction, app.traits(users), seed, console)
     console.print(f"Done in {time.perf_counter() - started:.1f}s. Next: [bold]propel serve[/] "
                   "and open http://127.0.0.1:8000/docs")
     return account_id
 
 
-def predict_conversions(propel: Propel, account_id: str, console: Console) -> None:
+def predict_conversions(propel: Propel, account_id: str, console: Console) -> Any:
     """Train and score *Predict Conversions* on the demo shop and show its groups."""
     from propel import predictions as preds
     from propel.predictions.registry import NotFound
@@ -134,6 +138,7 @@ def predict_conversions(propel: Propel, account_id: str, console: Console) -> No
     for group, size in scored.group_sizes.items():
         table.add_row(group, f"{size:,}", f"{scored.expected_rates[group]:.1%}")
     console.print(table)
+    return preds.get(propel, account_id, prediction.id)
 
 
 def _summary(propel: Propel, account_id: str, console: Console) -> None:
