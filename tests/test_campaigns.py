@@ -54,7 +54,8 @@ def add_users(propel, account_id, n, **fields):
 def make_campaign(propel, account_id, **over):
     spec = {"name": "Hello", "channel": "email", "audience": {"property": "plan", "op": "in",
                                                               "value": ["pro", "free"]},
-            "content": {"variants": [{"name": "A", "split": 100, "subject": "Hi {{ user.plan | default('there') }}",
+            "content": {"variants": [{"name": "A", "split": 100,
+                                      "subject": "Hi {{ user.plan | default('there') }}",
                                       "html": "<p>Hello</p>"}]},
             "holdout_pct": 0.2}
     spec.update(over)
