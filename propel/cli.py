@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -42,7 +43,12 @@ AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPE
 
 
 def _propel(migrate: bool | None = None) -> Propel:
-    propel = Propel(Settings())
+    settings = Settings()
+    if "PROPEL_WRITE_TIMEOUT_SECONDS" not in os.environ:
+        # A command's large writes may queue behind a busy server; waiting is right here,
+        # unlike for an HTTP request that a client can retry.
+        settings.write_timeout_seconds = 600
+    propel = Propel(settings)
     # The embedded default sets itself up; a server database is migrated on purpose.
     if migrate or (migrate is None and propel.settings.is_sqlite):
         propel.migrate()

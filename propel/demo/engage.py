@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,7 +54,8 @@ class _Sinks:
                 sink.mails.append(envelope)
                 return "250 OK"
 
-        self.smtp = Controller(Handler(), hostname="127.0.0.1", port=0)
+        self.smtp_port = _free_port()
+        self.smtp = Controller(Handler(), hostname="127.0.0.1", port=self.smtp_port)
         self.smtp.start()
 
         class Hook(BaseHTTPRequestHandler):
@@ -68,13 +70,15 @@ class _Sinks:
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
-    @property
-    def smtp_port(self) -> int:
-        return self.smtp.server.sockets[0].getsockname()[1]
-
     def close(self) -> None:
         self.smtp.stop()
         self.http.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _configure(propel: Propel, account_id: str, sinks: _Sinks) -> None:

@@ -87,8 +87,8 @@ def run_demo(propel: Propel, *, users: int, days: int, seed: int, account_id: st
     with _progress(console) as progress:
         profiles = app.profiles(users, end)
         task = progress.add_task("profiles", total=profiles.num_rows)
-        for start in range(0, profiles.num_rows, BATCH):
-            chunk = profiles.slice(start, BATCH)
+        for start in range(0, profiles.num_rows, 1000):
+            chunk = profiles.slice(start, 1000)
             result = ingest_sync(propel.db, account_id, _profile_items(account_id, chunk), [],
                                  "demo")
             progress.advance(task, chunk.num_rows)
