@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy import select, update
 
 from propel.campaigns import service
@@ -160,7 +161,6 @@ def _simulate(propel: Propel, account_id: str, campaign_ids: list[str], traits: 
 def engage_demo(propel: Propel, account_id: str, prediction: Any, traits: Any, seed: int,
                 console: Console) -> list[str]:
     from propel.campaigns.attribution import attribute_conversions
-    from propel.campaigns.cli import print_stats_table
     from propel.campaigns.stats import campaign_stats
 
     sinks = _Sinks()
@@ -182,14 +182,24 @@ def engage_demo(propel: Propel, account_id: str, prediction: Any, traits: Any, s
         sinks.close()
     ids = [c.id for c in made]
     truth = _simulate(propel, account_id, ids, traits, seed)
+    table = Table("group", "channel", "targeted", "holdout", "sent", "opened", "clicked",
+                  "conv. messaged", "conv. holdout", "lift (95% CI)", "true uplift",
+                  title="Engagement results (lift is intent-to-treat, Newcombe interval)")
     for campaign in made:
         attribute_conversions(propel, campaign.id)
         stats = campaign_stats(propel.db, campaign.id)
         group = campaign.audience["value"][0]
-        print_stats_table(stats, f"{campaign.name} ({campaign.channel}; {campaign.strategy})")
-        lift = stats["lift"]
-        if lift["diff"] is not None:
-            console.print(f"  measured lift {lift['diff']:+.1%} (95% CI {lift['low']:+.1%} … "
-                          f"{lift['high']:+.1%}); true simulated uplift "
-                          f"{truth.get(group, 0.0):+.1%}")
+        t, lift = stats["totals"], stats["lift"]
+        table.add_row(group, campaign.channel, f"{t['targeted']:,}", f"{t['holdout']:,}",
+                      f"{t['sent']:,}", f"{t['opened']:,}", f"{t['clicked']:,}",
+                      _rate(lift["treated_rate"]), _rate(lift["holdout_rate"]),
+                      f"{lift['diff']:+.1%} ({lift['low']:+.1%} … {lift['high']:+.1%})"
+                      if lift["diff"] is not None else "-", f"{truth.get(group, 0.0):+.1%}")
+    console.print(table)
+    console.print("Full stats: propel campaigns stats CAMPAIGN_ID (or the API's "
+                  "/api/v1/campaigns/{id}/stats); campaigns: " + ", ".join(ids))
     return ids
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
