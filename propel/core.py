@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from propel import faults
 from propel.db.engine import Database
 from propel.db.migrate import upgrade
 from propel.lake.store import Lake
@@ -20,6 +21,8 @@ class Propel:
             write_timeout=self.settings.write_timeout_seconds,
         )
         self.lake = Lake(self.settings.resolved_lake_uri)
+        if self.settings.faults:
+            faults.arm(self.settings.faults)
 
     def migrate(self) -> None:
         upgrade(self.db.engine)

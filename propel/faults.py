@@ -3,11 +3,13 @@
 ``PROPEL_FAULTS="flush.after_lake_commit=0.2,ingest.after_commit=0.01"`` makes the
 process kill itself (SIGKILL: no cleanup, no flush, like a power cut to the process)
 with that probability each time it passes the point. Unset, a crash point costs one
-dict lookup.
+dict lookup. Before dying it writes ``propel: crash point NAME: SIGKILL`` to stderr,
+so a test harness can tell which point fired.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -36,6 +38,8 @@ def arm(spec: str) -> None:
 def crash_point(name: str) -> None:
     prob = _armed.get(name)
     if prob is not None and random.random() < prob:
+        with contextlib.suppress(OSError):  # no stderr: die all the same
+            os.write(2, f"propel: crash point {name}: SIGKILL\n".encode())
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -559,5 +559,7 @@ def test_openapi_has_one_operation_id_per_clevertap_operation(client):
            if path.startswith("/1/") for method, op in item.items()]
     assert {(path, method) for path, method, _ in ops} == {
         ("/1/upload", "post"), ("/1/profile.json", "get"), ("/1/events.json", "get"),
-        ("/1/events.json", "post"), ("/1/profiles.json", "get"), ("/1/profiles.json", "post")}
+        ("/1/events.json", "post"), ("/1/profiles.json", "get"), ("/1/profiles.json", "post"),
+        *((f"/1/targets/{name}.json", "post")
+          for name in ("create", "estimate", "list", "result", "stop"))}
     assert len({op for _, _, op in ops}) == len(ops)

@@ -19,8 +19,9 @@ from huey.consumer import Consumer
 from propel.core import Propel
 from propel.ingest.service import prune_dedupe_keys
 from propel.jobs import schedules
+from propel.jobs.leases import LeaseUnavailable
 from propel.lake import flush
-from propel.lake.store import LAKE_LEASE
+from propel.lake.store import writer_lease
 from propel.settings import Settings
 
 log = logging.getLogger("propel.jobs")
@@ -28,17 +29,15 @@ DAY = 86_400
 
 
 def _compact(propel: Propel) -> int:
-    from propel.jobs.leases import hold
-
-    with hold(propel.db, LAKE_LEASE, wait_seconds=600):
+    with writer_lease(propel.db, wait_seconds=600) as lease:
+        lease.check()
         metrics = propel.lake.compact()
     return int(metrics.get("numFilesRemoved", 0)) if metrics else 0
 
 
 def _vacuum(propel: Propel) -> int:
-    from propel.jobs.leases import hold
-
-    with hold(propel.db, LAKE_LEASE, wait_seconds=600):
+    with writer_lease(propel.db, wait_seconds=600) as lease:
+        lease.check()
         return len(propel.lake.vacuum(propel.settings.vacuum_retention_hours))
 
 
@@ -160,6 +159,8 @@ class FlusherThread(threading.Thread):
                                                  max_rows=settings.flush_rows)
                     self.last_lag_seconds = result.max_lag_seconds
                 first = False
+            except LeaseUnavailable:  # compaction or an import is writing: next time
+                continue
             except Exception:  # keep flushing after a transient failure
                 log.exception("flush failed; retrying")
                 time.sleep(1)

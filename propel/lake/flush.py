@@ -1,14 +1,18 @@
 """Move acknowledged rows from ``recent_events`` into the lake, exactly once.
 
 Contract (docs/architecture.md, "Flush"):
-1. claim: one transaction numbers a batch (max + 1) and stamps unclaimed rows with
-   it — ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the single writer on SQLite. Rows
-   are chosen by ``batch_no IS NULL``, never by "id above the last flushed id",
-   which would skip rows whose transactions committed out of id order;
+1. claim: one transaction numbers a batch (max + 1, and always above the lake's
+   transaction version) and stamps unclaimed rows with it — ``FOR UPDATE SKIP
+   LOCKED`` on PostgreSQL, the single writer on SQLite. Rows are chosen by
+   ``batch_no IS NULL``, never by "id above the last flushed id", which would skip
+   rows whose transactions committed out of id order;
 2. write the batch's rows to Delta with application-transaction version = batch no;
 3. mark the batch flushed.
 After a crash, an unmarked batch whose number is <= the lake's transaction version
 is only marked; a later one is written again from its (unchanged) rows.
+
+All of it happens under the lake's writer lease (``store.writer_lease``), renewed
+before every lake commit, so two flushers never interleave batches.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ from propel import faults
 from propel.db.engine import Database
 from propel.db.meta import utcnow
 from propel.ingest.tables import recent_events
-from propel.jobs import leases
-from propel.lake.store import FLUSHER_APP, LAKE_LEASE, SCHEMA, Lake
+from propel.lake.store import FLUSHER_APP, SCHEMA, Lake, WriterLease, writer_lease
 from propel.lake.tables import lake_batches
 
 log = logging.getLogger("propel.lake")
@@ -85,7 +88,10 @@ def pending_stats(db: Database) -> tuple[int, int | None]:
     return count, oldest
 
 
-def _claim(conn: Connection, max_rows: int) -> tuple[int, int, int] | None:
+def _claim(conn: Connection, max_rows: int, floor: int = 0) -> tuple[int, int, int] | None:
+    """Number a batch above both the last claimed batch and ``floor`` (the lake's
+    transaction version: numbers must never fall back to or below what the lake
+    already holds, or the batch would be taken as flushed) and stamp rows with it."""
     ids = select(recent_events.c.id).where(recent_events.c.batch_no.is_(None))
     ids = ids.order_by(recent_events.c.id).limit(max_rows)
     if conn.dialect.name == "postgresql":
@@ -93,7 +99,8 @@ def _claim(conn: Connection, max_rows: int) -> tuple[int, int, int] | None:
     chosen = conn.execute(ids).scalars().all()
     if not chosen:
         return None
-    batch_no = (conn.execute(select(func.max(lake_batches.c.batch_no))).scalar() or 0) + 1
+    last = conn.execute(select(func.max(lake_batches.c.batch_no))).scalar() or 0
+    batch_no = max(last, floor) + 1
     for start in range(0, len(chosen), 10_000):
         conn.execute(
             update(recent_events)
@@ -131,15 +138,18 @@ def _mark(db: Database, batch_no: int) -> None:
     )
 
 
-def _write_batch(db: Database, lake: Lake, batch_no: int) -> int:
+def _write_batch(db: Database, lake: Lake, batch_no: int, lease: WriterLease | None = None
+                 ) -> int:
     rows = _batch_rows(db, batch_no)
     if rows:
+        if lease is not None:
+            lease.check()
         lake.append(rows_to_arrow(rows), app_id=FLUSHER_APP, version=batch_no)
     faults.crash_point("flush.after_lake_commit")
     return len(rows)
 
 
-def recover(db: Database, lake: Lake) -> int:
+def recover(db: Database, lake: Lake, lease: WriterLease | None = None) -> int:
     """Finish batches a crashed flusher claimed but did not mark."""
     with db.read() as conn:
         unmarked = conn.execute(
@@ -149,7 +159,7 @@ def recover(db: Database, lake: Lake) -> int:
         ).scalars().all()
     for batch_no in unmarked:
         if batch_no > lake.transaction_version(FLUSHER_APP):
-            _write_batch(db, lake, batch_no)
+            _write_batch(db, lake, batch_no, lease)
             log.info("rewrote unflushed batch %s after a crash", batch_no)
         faults.crash_point("flush.before_mark")
         _mark(db, batch_no)
@@ -158,17 +168,18 @@ def recover(db: Database, lake: Lake) -> int:
 
 def flush_batches(db: Database, lake: Lake, *, max_rows: int = 50_000, max_batches: int = 1000,
                   lease_wait: float = 0) -> FlushResult:
-    """Flush everything pending now (holding the lake lease)."""
+    """Flush everything pending now (holding the lake's writer lease)."""
     result = FlushResult()
-    with leases.hold(db, LAKE_LEASE, ttl_seconds=600, wait_seconds=lease_wait):
-        result.recovered = recover(db, lake)
+    with writer_lease(db, wait_seconds=lease_wait) as lease:
+        result.recovered = recover(db, lake, lease)
+        floor = lake.transaction_version(FLUSHER_APP)
         for _ in range(max_batches):
-            claimed = db.write(lambda conn: _claim(conn, max_rows))
+            claimed = db.write(lambda conn: _claim(conn, max_rows, floor))
             if claimed is None:
                 break
             batch_no, count, oldest = claimed
             faults.crash_point("flush.after_claim")
-            _write_batch(db, lake, batch_no)
+            _write_batch(db, lake, batch_no, lease)
             faults.crash_point("flush.before_mark")
             _mark(db, batch_no)
             result.batches += 1
