@@ -20,6 +20,8 @@ POINTS = (
     "flush.after_lake_commit",
     "flush.before_mark",
     "import.after_lake_commit",
+    "deliver.after_claim",
+    "deliver.after_send",
 )
 
 _armed: dict[str, float] = {}

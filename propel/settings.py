@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         description="The address users' devices reach Propel at: tracking pixels, click "
         "links and unsubscribe links in messages point here.",
     )
+    delivery_lease_seconds: int = Field(
+        120, ge=1,
+        description="A message being sent is leased to its worker this long; if the worker "
+        "dies, it is then resent (receivers that deduplicate) or marked in_doubt.",
+    )
     consumer_workers: int = Field(2, ge=1, description="Task threads of the in-process consumer.")
     log_format: str = Field("json", description="json or text.")
     faults: str = Field(

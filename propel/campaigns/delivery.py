@@ -152,11 +152,11 @@ def recover_expired(propel: Propel, now: datetime | None = None) -> dict[str, in
 
 
 class DeliveryEngine:
-    def __init__(self, propel: Propel, *, batch_size: int = 500, lease_seconds: int = 300,
-                 channel_factory: Any = None) -> None:
+    def __init__(self, propel: Propel, *, batch_size: int = 500,
+                 lease_seconds: int | None = None, channel_factory: Any = None) -> None:
         self.propel = propel
         self.batch_size = batch_size
-        self.lease = timedelta(seconds=lease_seconds)
+        self.lease = timedelta(seconds=lease_seconds or propel.settings.delivery_lease_seconds)
         self.rate = RateLimiter()
         self._channels: dict[tuple[str, str], Channel] = {}
         self._factory = channel_factory
@@ -272,6 +272,7 @@ class DeliveryEngine:
         claimed, decided = self._claim_and_decide(now)
         if not claimed:
             return decided
+        faults.crash_point("deliver.after_claim")
         groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
         for c in claimed:
             groups[(c.campaign.account_id, c.campaign.channel)].append(c)
