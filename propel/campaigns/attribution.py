@@ -1,10 +1,22 @@
 """Conversion attribution: did each targeted user (messaged *and* holdout, on the same
 clock) reach the campaign's goal within the window after the dispatch started?
 
-Set-based: one DuckDB query joins the dispatch's identities (resolved through aliases,
-so a conversion made under a merged anonymous id counts) with one lake snapshot; the
-first conversion time and the revenue sum are then written back in bulk. Re-running
-writes the same values, so it is idempotent.
+Set-based: one lake snapshot for the whole campaign and, per dispatch, one DuckDB join
+between the dispatch's messages and the goal events in its window,
+``[dispatches.started_at, started_at + window_hours)`` (default 24 h, cut at ``now``
+while the window is still open). Both sides are resolved through the account's
+aliases, so a conversion made under a merged anonymous id counts for the user, and a
+message sent to an id that was later merged into another still sees that identity's
+events. The same join compares the result with what the messages hold and returns only
+the rows that differ, which are written in bulk (one ``UPDATE … FROM
+json_to_recordset(…)`` per chunk on PostgreSQL, one prepared statement over the chunk
+on SQLite). A re-run
+therefore writes nothing and leaves every value as it was, and a conversion that no
+longer qualifies (the goal was edited) is cleared.
+
+Per (dispatch, user): ``converted_at`` is the first goal event in the window, ``revenue``
+the sum of the revenue property over all goal events in the window, added as a
+fixed-point decimal so that the total does not depend on the order DuckDB adds in.
 """
 
 from __future__ import annotations
@@ -12,76 +24,144 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pandas as pd
-from sqlalchemy import Connection, bindparam, select, update
+import orjson
+import pyarrow as pa
+from sqlalchemy import Connection, String, func, select, text, type_coerce
 
 from propel.campaigns.tables import campaigns, dispatches, messages
 from propel.core import Propel
+from propel.db.engine import Database
 from propel.lake.reader import snapshot
 from propel.predictions.features import condition_sql, json_text, lit, ts_lit
 from propel.predictions.spec import Condition
 from propel.profiles.tables import identity_aliases
 
+DEFAULT_WINDOW_HOURS = 24
+WRITE_CHUNK = 20_000
+# How both databases' timestamps are compared and written: UTC text, the form SQLite
+# stores (and SQLAlchemy reads back).
+_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
 
 def _goal_sql(goal: dict[str, Any], start: datetime, end: datetime) -> str:
-    conds = [condition_sql(Condition(**c)) for c in goal.get("where", [])]
-    where = "".join(f" AND {c}" for c in conds)
-    revenue = (f"TRY_CAST({json_text(goal['revenue_property'])} AS DOUBLE)"
-               if goal.get("revenue_property") else "NULL")
+    """Per target identity whose goal was reached in [start, end): the first time (UTC
+    text) and the revenue; plus, for every target, what the message holds now."""
+    conds = [condition_sql(Condition(**c)) for c in goal.get("where") or []]
+    where = "".join(f" AND {c}" for c in conds)  # conditions read ``properties``
+    revenue = (f"TRY_CAST(TRY_CAST({json_text(goal['revenue_property'])} AS DOUBLE)"
+               " AS DECIMAL(38, 6))" if goal.get("revenue_property") else "NULL")
+    first_day = start.astimezone(UTC).date().isoformat()
+    last_day = end.astimezone(UTC).date().isoformat()
     return f"""
-      SELECT t.identity AS identity, min(e.ts) AS converted_at, sum({revenue}) AS revenue
+      WITH goal_events AS (
+        SELECT identity, ts, {revenue} AS revenue
+        FROM events
+        WHERE kind = 'event' AND name = {lit(goal['event'])}
+          AND event_date >= DATE '{first_day}' AND event_date <= DATE '{last_day}'
+          AND ts >= {ts_lit(start)} AND ts < {ts_lit(end)}{where}
+      ), per_user AS (
+        SELECT COALESCE(a.identity, g.identity) AS uid, min(g.ts) AS converted_at,
+               CAST(sum(g.revenue) AS DOUBLE) AS revenue
+        FROM goal_events g LEFT JOIN aliases a ON a.alias = g.identity
+        GROUP BY 1
+      )
+      SELECT t.identity, t.cur_at, t.cur_rev,
+             strftime(CAST(p.converted_at AS TIMESTAMP), '{_TS_FORMAT}') AS new_at,
+             p.revenue AS new_rev
       FROM targets t
-      JOIN (SELECT COALESCE(a.identity, ev.identity) AS uid, ev.ts, ev.properties
-            FROM events ev LEFT JOIN aliases a ON a.alias = ev.identity
-            WHERE ev.kind = 'event' AND ev.name = {lit(goal['event'])}
-              AND ev.ts >= {ts_lit(start)} AND ev.ts < {ts_lit(end)}{where}) e
-        ON e.uid = t.identity
-      GROUP BY t.identity"""
+      LEFT JOIN aliases a ON a.alias = t.identity
+      LEFT JOIN per_user p ON p.uid = COALESCE(a.identity, t.identity)"""
+
+
+def _diff_sql(goal_sql: str) -> str:
+    return f"""
+      SELECT count(new_at) OVER () AS converted, identity, new_at, new_rev,
+             new_at IS DISTINCT FROM cur_at OR new_rev IS DISTINCT FROM cur_rev AS changed
+      FROM ({goal_sql}) j
+      QUALIFY changed OR row_number() OVER () = 1"""
+
+
+def _current(db: Database, dispatch_id: int) -> pa.Table:
+    """The dispatch's messages: identity, conversion time as UTC text, revenue (read
+    with the driver's own cursor: no per-row processing for 100,000s of rows)."""
+    m = messages.c
+    with db.read() as conn:
+        if conn.dialect.name == "sqlite":
+            at = type_coerce(m.converted_at, String)
+        else:
+            at = func.to_char(func.timezone("UTC", m.converted_at),
+                              "YYYY-MM-DD HH24:MI:SS.US", type_=String)
+        query = select(m.identity, at, m.revenue).where(m.dispatch_id == dispatch_id)
+        compiled = query.compile(dialect=conn.dialect)
+        params = compiled.construct_params()
+        args = ([params[k] for k in compiled.positiontup] if compiled.positional else params)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(str(compiled), args)
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+    return pa.table({"identity": pa.array([r[0] for r in rows], pa.string()),
+                     "cur_at": pa.array([r[1] for r in rows], pa.string()),
+                     "cur_rev": pa.array([r[2] for r in rows], pa.float64())})
 
 
 def attribute_conversions(propel: Propel, campaign_id: str, *, now: datetime | None = None
                           ) -> int:
-    """Record conversions for every dispatch of the campaign; returns users converted."""
-    import orjson
-
+    """Record conversions for every dispatch of the campaign; returns the number of
+    (dispatch, user) rows converted."""
     now = now or datetime.now(UTC)
     with propel.db.read() as conn:
         row = conn.execute(select(campaigns.c.account_id, campaigns.c.goal).where(
             campaigns.c.id == campaign_id)).first()
         if row is None:
             return 0
-        goal = orjson.loads(row.goal)
-        if not goal:
-            return 0
+        goal = orjson.loads(row.goal) if row.goal else None
         runs = conn.execute(select(dispatches.c.id, dispatches.c.started_at).where(
-            dispatches.c.campaign_id == campaign_id)).all()
+            dispatches.c.campaign_id == campaign_id).order_by(dispatches.c.id)).all()
         aliases = conn.execute(select(identity_aliases.c.alias, identity_aliases.c.identity)
                                .where(identity_aliases.c.account_id == row.account_id)).all()
+    if not goal or not goal.get("event") or not runs:
+        return 0
+    window = timedelta(hours=goal.get("window_hours") or DEFAULT_WINDOW_HOURS)
     total = 0
-    window = timedelta(hours=goal.get("window_hours", 24))
-    for dispatch_id, started in runs:
-        with propel.db.read() as conn:
-            idents = conn.execute(select(messages.c.identity).where(
-                messages.c.dispatch_id == dispatch_id)).scalars().all()
-        if not idents:
-            continue
-        with snapshot(propel.db, propel.lake, row.account_id) as (con, _):
-            con.execute("SET TimeZone = 'UTC'")
-            con.register("targets", pd.DataFrame({"identity": idents}))
-            con.register("aliases", pd.DataFrame(aliases, columns=["alias", "identity"])
-                         if aliases else pd.DataFrame({"alias": pd.Series([], dtype=str),
-                                                       "identity": pd.Series([], dtype=str)}))
-            found = con.execute(_goal_sql(goal, started, min(started + window, now))).fetchall()
-        propel.db.write(lambda conn, d=dispatch_id, f=found: _record(conn, d, f))
-        total += len(found)
+    with snapshot(propel.db, propel.lake, row.account_id) as (con, _):
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("aliases", pa.table({
+            "alias": pa.array([a for a, _ in aliases], pa.string()),
+            "identity": pa.array([i for _, i in aliases], pa.string())}))
+        for dispatch_id, started in runs:
+            targets = _current(propel.db, dispatch_id)
+            if targets.num_rows == 0:
+                continue
+            # a window not yet open finds nothing (and clears what no longer holds)
+            end = max(started, min(started + window, now))
+            con.register("targets", targets)
+            rows = con.execute(_diff_sql(_goal_sql(goal, started, end))).fetchall()
+            con.unregister("targets")
+            if rows:
+                total += rows[0][0]
+            changes = [(ident, at, rev) for _, ident, at, rev, changed in rows if changed]
+            for i in range(0, len(changes), WRITE_CHUNK):
+                chunk = changes[i:i + WRITE_CHUNK]
+                propel.db.write(lambda conn, d=dispatch_id, c=chunk: _record(conn, d, c))
     return total
 
 
-def _record(conn: Connection, dispatch_id: int, found: list[tuple]) -> None:
-    if not found:
+def _record(conn: Connection, dispatch_id: int,
+            changes: list[tuple[str, str | None, float | None]]) -> None:
+    """Set (identity, converted_at as UTC text, revenue) on the dispatch's messages."""
+    if not changes:
         return
-    stmt = update(messages).where(
-        messages.c.dispatch_id == dispatch_id, messages.c.identity == bindparam("ident")
-    ).values(converted_at=bindparam("at"), revenue=bindparam("rev"))
-    conn.execute(stmt, [{"ident": i, "at": at.astimezone(UTC), "rev": rev}
-                        for i, at, rev in found])
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(
+            "UPDATE messages SET converted_at = ?, revenue = ? "
+            "WHERE dispatch_id = ? AND identity = ?",
+            [(at, rev, dispatch_id, ident) for ident, at, rev in changes])
+        return
+    rows = orjson.dumps([{"i": ident, "a": at, "r": rev} for ident, at, rev in changes])
+    conn.execute(text(
+        "UPDATE messages AS m SET converted_at = CAST(v.a || '+00' AS timestamptz), "
+        "revenue = v.r FROM json_to_recordset(CAST(:rows AS json)) "
+        "AS v(i text, a text, r double precision) "
+        "WHERE m.dispatch_id = :d AND m.identity = v.i"), {"rows": rows.decode(), "d": dispatch_id})

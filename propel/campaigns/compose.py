@@ -37,12 +37,14 @@ def _address(channel: str, profile: Any) -> str | None:
     return None
 
 
-def compose(propel: Propel, claimed: Any) -> Outbound:
+def compose(propel: Propel, claimed: Any, scores: dict[str, Any] | None = None) -> Outbound:
+    """``scores``: the user's score properties when the caller fetched them for a batch."""
     from propel.campaigns import render, tracking
 
     campaign = claimed.campaign
-    scores = score_properties(propel.db, campaign.account_id, [claimed.identity]).get(
-        claimed.identity, {})
+    if scores is None:
+        scores = score_properties(propel.db, campaign.account_id, [claimed.identity]).get(
+            claimed.identity, {})
     base = propel.settings.public_url
     secret = propel.settings.resolved_secret_key()
     context = render.build_context(

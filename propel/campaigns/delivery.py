@@ -21,7 +21,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 
 from propel import faults
 from propel.campaigns.service import Campaign, _from_row
@@ -283,12 +283,14 @@ class DeliveryEngine:
     async def _send_group(self, account_id: str, channel_name: str, batch: list[Claimed],
                           now: datetime) -> None:
         from propel.campaigns.compose import compose
+        from propel.predictions.properties import score_properties
 
+        scores = score_properties(self.propel.db, account_id, [c.identity for c in batch])
         outbound: list[Outbound] = []
         failed: list[Outcome] = []
         for c in batch:
             try:
-                outbound.append(compose(self.propel, c))
+                outbound.append(compose(self.propel, c, scores.get(c.identity, {})))
             except Exception as exc:  # one bad message must not block the others
                 log.exception("could not compose message %s", c.key)
                 failed.append(Outcome(c.key, delivered=False, error=f"compose: {exc}"))
@@ -307,6 +309,7 @@ class DeliveryEngine:
 
         def _record(conn: Connection) -> list[tuple[str, str, str]]:
             bounces = []
+            updates: list[dict[str, Any]] = []
             for o in outcomes:
                 c = by_key[o.key]
                 if o.delivered:
@@ -326,9 +329,21 @@ class DeliveryEngine:
                         bounces.append((c.campaign.account_id, c.identity, c.campaign.channel))
                 if not o.delivered and (c.campaign.caps or {}).get("per_day"):
                     _release_daily_cap(conn, c.campaign.account_id, c.identity, _day(now))
+                updates.append({"_id": c.id, "state": values["state"],
+                                "reason": values.get("reason"),
+                                "sent_at": values.get("sent_at"),
+                                "next_attempt_at": values.get("next_attempt_at"),
+                                "provider_ref": values.get("provider_ref")})
+            if updates:
+                # one statement, many parameter sets: the driver's executemany
                 conn.execute(update(messages).where(
-                    messages.c.id == c.id, messages.c.state == "sending").values(
-                    claim_until=None, **values))
+                    messages.c.id == bindparam("_id"), messages.c.state == "sending").values(
+                    claim_until=None, state=bindparam("state"), reason=bindparam("reason"),
+                    sent_at=func.coalesce(bindparam("sent_at", type_=messages.c.sent_at.type),
+                                          messages.c.sent_at),
+                    next_attempt_at=bindparam("next_attempt_at",
+                                              type_=messages.c.next_attempt_at.type),
+                    provider_ref=bindparam("provider_ref")), updates)
             return bounces
 
         bounces = self.propel.db.write(_record)
