@@ -37,7 +37,9 @@ def duckdb_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     if threads:
         config["threads"] = threads
-    return duckdb.connect(config=config)
+    con = duckdb.connect(config=config)
+    con.execute("SET enable_progress_bar = false")  # it would print into command output
+    return con
 
 
 def _recent(db: Database, pin: Pin, account_id: str | None) -> pa.Table:
