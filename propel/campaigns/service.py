@@ -102,7 +102,11 @@ def validate_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
                 raise CampaignError("schedule.weekday must be 0 (Monday) to 6 (Sunday)")
             out["weekday"] = weekday
         if schedule.get("until"):
-            out["until"] = datetime.fromisoformat(str(schedule["until"])).isoformat()
+            try:
+                until = datetime.fromisoformat(str(schedule["until"]))
+            except ValueError:
+                raise CampaignError("schedule.until must be an ISO date-time") from None
+            out["until"] = (until if until.tzinfo else until.replace(tzinfo=UTC)).isoformat()
         return out
     raise CampaignError("schedule.type must be now, at or recurring")
 
@@ -137,8 +141,8 @@ def validate_goal(goal: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(goal.get("event"), str) or not goal["event"]:
         raise CampaignError("goal.event is required")
     hours = goal.get("window_hours", 24)
-    if not isinstance(hours, int | float) or not 1 <= hours <= 24 * 90:
-        raise CampaignError("goal.window_hours must be 1 to 2160")
+    if not isinstance(hours, int | float) or not 1 <= hours <= 24 * 365:
+        raise CampaignError("goal.window_hours must be 1 to 8760 (a year)")
     from propel.predictions.spec import Condition, SpecError
 
     try:

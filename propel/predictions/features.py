@@ -13,6 +13,7 @@ with ``$``) are left out. Labels read ``as_of <= ts < as_of + window``.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +31,8 @@ MAX_EVENT_FEATURES = 12
 MAX_PROFILE_FEATURES = 8
 MONETARY_KEYS = ("amount", "revenue", "value", "price", "total")
 TYPED_PROFILE = ("email", "phone", "timezone", "push_tokens", "consent")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MONEY = "DECIMAL(38, 6)"
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,9 @@ def lit(value: Any) -> str:
 
 
 def ts_lit(moment: datetime) -> str:
-    return f"CAST('{moment.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')}' AS TIMESTAMP)"
+    """A UTC instant, explicit about its zone so no engine reads it in a session zone."""
+    text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f"CAST('{text}+00:00' AS TIMESTAMPTZ)"
 
 
 def json_text(prop: str, column: str = "properties") -> str:
@@ -109,7 +114,7 @@ def condition_sql(cond: Condition) -> str:
         values = cond.value if isinstance(cond.value, list | tuple) else [cond.value]
         return f"{text} IN ({', '.join(lit(str(v)) for v in values)})"
     if cond.op == "contains":
-        return f"contains(lower({text}), {lit(str(cond.value).lower())})"
+        return f"instr(lower({text}), {lit(str(cond.value).lower())}) > 0"
     op = "<>" if cond.op == "!=" else cond.op
     if isinstance(cond.value, int | float) and not isinstance(cond.value, bool):
         return f"TRY_CAST({text} AS DOUBLE) {op} {lit(float(cond.value))}"
@@ -152,74 +157,99 @@ def audience_having(aud: Audience, as_of: datetime) -> str:
 
 
 def _days(expr: str, as_of: datetime) -> str:
-    return f"(epoch({ts_lit(as_of)}) - epoch({expr})) / 86400.0"
+    """Fractional days from ``expr`` (a timestamp) to ``as_of``."""
+    return f"(epoch({ts_lit(as_of)}) - epoch({expr})) / 86400"
+
+
+def day_number(moment: datetime) -> int:
+    """Whole UTC days since 1970-01-01: the value ``ev_day`` has for ``moment``."""
+    return (moment.astimezone(UTC) - _EPOCH) // timedelta(days=1)
 
 
 def feature_sql(spec: FeatureSpec, audience: Audience, as_of: datetime) -> str:
     """One SELECT: a row per audience user, the columns of ``spec.columns()`` (less the
-    BG/NBD ones, added in Python) plus ``_bg_x``, ``_bg_tx``, ``_bg_T`` in days."""
+    BG/NBD ones, added in Python) plus ``_bg_x``, ``_bg_tx``, ``_bg_T`` in days.
+
+    Calendar arithmetic is integer arithmetic on ``ev_day`` (whole UTC days since
+    1970-01-01) and ``ev_hour`` (UTC hour), both derived from ``epoch(ts)``: the same in
+    every engine and independent of the session time zone (DuckDB's ``dayofweek`` counts
+    from 0 and Spark's from 1, and ``CAST(ts AS DATE)`` follows the session zone).
+
+    BG/NBD inputs count whole days up to the last full day before ``as_of``
+    (``last_day``): ``x`` = days with the goal - 1, ``t_x`` = last - first goal day,
+    ``T`` = ``last_day`` - first goal day (first active day for users without the goal).
+    """
     goal = goal_match_sql(spec.goal_event, spec.goal_where)
-    day = "CAST(ts AS DATE)"
-    aggs = [
-        "count(*) AS events_all",
-        f"{_days('max(ts)', as_of)} AS days_since_last",
-        f"{_days('min(ts)', as_of)} AS tenure_days",
-        "avg(CASE WHEN hour(ts) < 6 THEN 1.0 ELSE 0.0 END) AS share_night",
-        "avg(CASE WHEN hour(ts) >= 6 AND hour(ts) < 12 THEN 1.0 ELSE 0.0 END) AS share_morning",
-        "avg(CASE WHEN hour(ts) >= 12 AND hour(ts) < 18 THEN 1.0 ELSE 0.0 END) "
-        "AS share_afternoon",
-        "avg(CASE WHEN dayofweek(ts) IN (0, 6) THEN 1.0 ELSE 0.0 END) AS share_weekend",
-        f"count(DISTINCT CASE WHEN {goal} THEN {day} END) AS goal_days",
-        f"{_days(f'max(CASE WHEN {goal} THEN ts END)', as_of)} AS days_since_goal",
-        f"min(CASE WHEN {goal} THEN {day} END) AS _goal_first",
-        f"max(CASE WHEN {goal} THEN {day} END) AS _goal_last",
-        f"min({day}) AS _first_day",
+    last_day = day_number(as_of) - 1
+    full_goal = f"{goal} AND ev_day <= {last_day}"
+    aggs: list[tuple[str, str]] = [
+        ("count(*)", "events_all"),
+        (_days("max(ts)", as_of), "days_since_last"),
+        (_days("min(ts)", as_of), "tenure_days"),
+        ("avg(CASE WHEN ev_hour < 6 THEN 1 ELSE 0 END)", "share_night"),
+        ("avg(CASE WHEN ev_hour >= 6 AND ev_hour < 12 THEN 1 ELSE 0 END)", "share_morning"),
+        ("avg(CASE WHEN ev_hour >= 12 AND ev_hour < 18 THEN 1 ELSE 0 END)", "share_afternoon"),
+        # day 0 (1970-01-01) was a Thursday: (ev_day + 3) % 7 is 0 on Mondays, 5 and 6 on
+        # Saturdays and Sundays
+        ("avg(CASE WHEN (ev_day + 3) % 7 >= 5 THEN 1 ELSE 0 END)", "share_weekend"),
+        (f"count(DISTINCT CASE WHEN {goal} THEN ev_day END)", "goal_days"),
+        (_days(f"max(CASE WHEN {goal} THEN ts END)", as_of), "days_since_goal"),
     ]
     for w in (7, 30, 90):
         since = ts_lit(as_of - timedelta(days=w))
-        aggs.append(f"sum(CASE WHEN ts >= {since} THEN 1 ELSE 0 END) AS events_{w}d")
+        aggs.append((f"sum(CASE WHEN ts >= {since} THEN 1 ELSE 0 END)", f"events_{w}d"))
     for w in (30, 90):
         since = ts_lit(as_of - timedelta(days=w))
-        aggs.append(f"count(DISTINCT CASE WHEN ts >= {since} THEN {day} END) "
-                    f"AS active_days_{w}d")
+        aggs.append((f"count(DISTINCT CASE WHEN ts >= {since} THEN ev_day END)",
+                     f"active_days_{w}d"))
     for name, slug in spec.events:
         for w in spec.windows:
             since = ts_lit(as_of - timedelta(days=w))
-            aggs.append(f"sum(CASE WHEN name = {lit(name)} AND ts >= {since} THEN 1 ELSE 0 "
-                        f"END) AS n_{slug}_{w}d")
-        aggs.append(f"{_days(f'max(CASE WHEN name = {lit(name)} THEN ts END)', as_of)} "
-                    f"AS days_since_{slug}")
+            aggs.append((f"sum(CASE WHEN name = {lit(name)} AND ts >= {since} THEN 1 ELSE 0 "
+                         "END)", f"n_{slug}_{w}d"))
+        aggs.append((_days(f"max(CASE WHEN name = {lit(name)} THEN ts END)", as_of),
+                     f"days_since_{slug}"))
     if spec.monetary_event:
         since = ts_lit(as_of - timedelta(days=90))
-        aggs += [f"sum(CASE WHEN ts >= {since} THEN amount END) AS monetary_90d",
-                 "sum(amount) AS monetary_all", "avg(amount) AS monetary_mean"]
+        # Money is summed as DECIMAL: exact, so the result does not depend on the order
+        # a parallel engine adds the rows in (summing DOUBLEs does, in the last bits).
+        aggs += [(f"CAST(sum(CASE WHEN ts >= {since} THEN amount END) AS DOUBLE)",
+                  "monetary_90d"),
+                 ("CAST(sum(amount) AS DOUBLE)", "monetary_all"),
+                 ("CAST(sum(amount) AS DOUBLE) / count(amount)", "monetary_mean")]
         amount = (f"CASE WHEN name = {lit(spec.monetary_event)} THEN "
-                  f"TRY_CAST({json_text(spec.monetary_property or 'amount')} AS DOUBLE) END")
+                  f"TRY_CAST({json_text(spec.monetary_property or 'amount')} AS {MONEY}) END")
     else:
-        amount = "NULL"
-    last_day = f"CAST({ts_lit(as_of - timedelta(days=1))} AS DATE)"
-    profile_cols = _profile_select(spec)
+        amount = f"CAST(NULL AS {MONEY})"
+    hidden = [
+        (f"count(DISTINCT CASE WHEN {full_goal} THEN ev_day END)", "_bg_days"),
+        (f"min(CASE WHEN {full_goal} THEN ev_day END)", "_bg_first"),
+        (f"max(CASE WHEN {full_goal} THEN ev_day END)", "_bg_last"),
+        (f"min(CASE WHEN ev_day <= {last_day} THEN ev_day END)", "_first_day"),
+    ]
+    selected = ", ".join(f"agg.{alias}" for _, alias in aggs)
     return f"""
     WITH ev AS (
-      SELECT uid, name, ts, {amount} AS amount, properties
+      SELECT uid, name, ts, {amount} AS amount, properties,
+             CAST(floor(epoch(ts) / 86400) AS BIGINT) AS ev_day,
+             CAST(floor(epoch(ts) / 3600) AS BIGINT) % 24 AS ev_hour
       FROM ({resolved_sql('event', None, as_of)}) r
       WHERE {_system_filter()}
     ),
     agg AS (
-      SELECT uid, {', '.join(aggs)}
+      SELECT uid, {', '.join(f'{expr} AS {alias}' for expr, alias in aggs + hidden)}
       FROM ev GROUP BY uid
       HAVING {audience_having(audience, as_of)}
     ),
     prof AS ({profile_sql(spec, as_of)})
-    SELECT agg.uid AS identity,
-      agg.* EXCLUDE (uid, _goal_first, _goal_last, _first_day),
-      (events_7d * 30.0 / 7 + 1) / (events_30d + 1) AS trend_7_30,
-      (events_30d * 3.0 + 1) / (events_90d + 1) AS trend_30_90,
-      {profile_cols},
-      CASE WHEN _goal_first IS NULL THEN 0 ELSE goal_days - 1 END AS _bg_x,
-      CASE WHEN _goal_first IS NULL THEN 0 ELSE date_diff('day', _goal_first, _goal_last)
-           END AS _bg_tx,
-      date_diff('day', COALESCE(_goal_first, _first_day), {last_day}) AS _bg_T
+    SELECT agg.uid AS identity, {selected},
+      (CAST(agg.events_7d AS DOUBLE) * 30 / 7 + 1) / (agg.events_30d + 1) AS trend_7_30,
+      (CAST(agg.events_30d AS DOUBLE) * 3 + 1) / (agg.events_90d + 1) AS trend_30_90,
+      {_profile_select(spec)},
+      CASE WHEN agg._bg_first IS NULL THEN 0 ELSE agg._bg_days - 1 END AS _bg_x,
+      CASE WHEN agg._bg_first IS NULL THEN 0 ELSE agg._bg_last - agg._bg_first END AS _bg_tx,
+      CASE WHEN COALESCE(agg._bg_first, agg._first_day) IS NULL THEN 0
+           ELSE {last_day} - COALESCE(agg._bg_first, agg._first_day) END AS _bg_T
     FROM agg LEFT JOIN prof ON prof.uid = agg.uid
     ORDER BY agg.uid"""
 
@@ -280,7 +310,10 @@ def compute_features(con: duckdb.DuckDBPyConnection, spec: FeatureSpec, audience
     con.execute("SET TimeZone = 'UTC'")
     frame = con.execute(feature_sql(spec, audience, as_of)).df().set_index("identity")
     for col, cats in spec.categorical_columns().items():
-        frame[col] = pd.Categorical(frame[col], categories=list(cats))
+        # a value the model never saw (a new country) is missing, not an error: pandas
+        # deprecates building a Categorical from values outside its categories
+        known = frame[col].where(frame[col].isin(cats))
+        frame[col] = pd.Categorical(known, categories=list(cats))
     return frame
 
 
@@ -337,25 +370,36 @@ def _monetary(con: duckdb.DuckDBPyConnection, spec: PredictionSpec, as_of: datet
 
 def _profile_properties(con: duckdb.DuckDBPyConnection, as_of: datetime
                         ) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]]:
+    """Profile properties worth a feature: numeric ones, and text ones with 2 to 50
+    values. The profile-change records before ``as_of`` are copied once into a small
+    temporary table: every question below would otherwise scan all events again."""
+    changes = f"_profile_changes_{secrets.token_hex(4)}"
+    con.execute(f"CREATE TEMP TABLE {changes} AS SELECT properties FROM events "
+                f"WHERE kind = 'profile' AND ts < {ts_lit(as_of)}")
+    try:
+        return _profile_properties_in(con, changes)
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {changes}")
+
+
+def _profile_properties_in(con: duckdb.DuckDBPyConnection, changes: str
+                           ) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]]:
     keys = [r[0] for r in con.execute(
-        f"SELECT k, count(*) AS n FROM (SELECT unnest(json_keys(properties)) AS k FROM events "
-        f"WHERE kind = 'profile' AND ts < {ts_lit(as_of)} LIMIT 200000) GROUP BY k "
-        f"ORDER BY n DESC, k LIMIT 40").fetchall() if r[0] not in TYPED_PROFILE]
+        f"SELECT k, count(*) AS n FROM (SELECT unnest(json_keys(properties)) AS k "
+        f"FROM {changes} LIMIT 200000) GROUP BY k ORDER BY n DESC, k LIMIT 40").fetchall()
+        if r[0] not in TYPED_PROFILE]
     categorical, numeric = [], []
     for key in keys:
-        stats = con.execute(
+        distinct, numeric_share = con.execute(
             f"SELECT count(DISTINCT {json_text(key)}), "
             f"avg(CASE WHEN TRY_CAST({json_text(key)} AS DOUBLE) IS NOT NULL THEN 1.0 "
-            f"ELSE 0.0 END) FROM events WHERE kind = 'profile' AND ts < {ts_lit(as_of)} "
-            f"AND {json_text(key)} IS NOT NULL").fetchone()
-        distinct, numeric_share = stats
+            f"ELSE 0.0 END) FROM {changes} WHERE {json_text(key)} IS NOT NULL").fetchone()
         if numeric_share and numeric_share > 0.95:
             numeric.append(key)
         elif distinct and 1 < distinct <= 50:
             cats = [r[0] for r in con.execute(
-                f"SELECT DISTINCT {json_text(key)} AS v FROM events WHERE kind = 'profile' "
-                f"AND ts < {ts_lit(as_of)} AND {json_text(key)} IS NOT NULL ORDER BY v"
-            ).fetchall()]
+                f"SELECT DISTINCT {json_text(key)} AS v FROM {changes} "
+                f"WHERE {json_text(key)} IS NOT NULL ORDER BY v").fetchall()]
             categorical.append((key, tuple(cats)))
         if len(categorical) + len(numeric) >= MAX_PROFILE_FEATURES:
             break

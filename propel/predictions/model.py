@@ -1,15 +1,23 @@
 """Likelihood models as scikit-learn style pipelines:
 
     BG/NBD features  →  estimator (LightGBM | logistic regression | BG/NBD alone)
-                     →  calibration (isotonic, or Platt on small data)
+                     →  calibration (Platt, or isotonic on large data)
 
 Hyper-parameters live in ``__init__``, ``fit`` returns ``self``, learned state ends in
 ``_``. ``raw_score`` is the uncalibrated model output used for ranking (group
 boundaries); ``predict_proba`` is the calibrated probability of the goal.
+
+The LightGBM candidate boosts from a linear model: a ridge-penalised logistic
+regression on the same features gives every row its starting log-odds (LightGBM's
+``init_score``) and the trees learn what the linear model misses. On small or mostly
+linear data, early stopping then keeps few trees and the model is close to the linear
+one; on large data with interactions the trees take over. Its raw score is the sum of
+both parts, and so are its per-feature contributions.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -18,12 +26,14 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from propel.predictions.btyd import BetaGeoModel
 from propel.predictions.features import FeatureSpec
 
 KINDS = ("lightgbm", "logistic", "bgnbd")
 BG_COLUMNS = ("_bg_x", "_bg_tx", "_bg_T")
+BG_FEATURES = ("bgnbd_expected", "bgnbd_p_alive")
 
 
 class BgNbdFeatures:
@@ -44,36 +54,54 @@ class BgNbdFeatures:
             self.model_ = None
         return self
 
+    def _inputs(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, tx, T = (frame[c].to_numpy(float) for c in BG_COLUMNS)
+        return x, tx, np.maximum(T, tx)
+
+    def columns(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The two feature columns, without copying the frame."""
+        if self.model_ is None:
+            empty = np.full(len(frame), np.nan)
+            return {"bgnbd_expected": empty, "bgnbd_p_alive": empty}
+        x, tx, T = self._inputs(frame)
+        return {"bgnbd_expected": self.model_.expected_transactions(self.window_days, x, tx, T),
+                "bgnbd_p_alive": self.model_.probability_alive(x, tx, T)}
+
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         out = frame.copy()
-        if self.model_ is None:
-            out["bgnbd_expected"] = np.nan
-            out["bgnbd_p_alive"] = np.nan
-            return out
-        x, tx, T = (frame[c].to_numpy(float) for c in BG_COLUMNS)
-        T = np.maximum(T, tx)
-        out["bgnbd_expected"] = self.model_.expected_transactions(self.window_days, x, tx, T)
-        out["bgnbd_p_alive"] = self.model_.probability_alive(x, tx, T)
+        for name, values in self.columns(frame).items():
+            out[name] = values
         return out
 
     def p_at_least_one(self, frame: pd.DataFrame) -> np.ndarray:
         if self.model_ is None:
             return np.full(len(frame), np.nan)
-        x, tx, T = (frame[c].to_numpy(float) for c in BG_COLUMNS)
-        return self.model_.probability_at_least_one(self.window_days, x, tx, np.maximum(T, tx))
+        return self.model_.probability_at_least_one(self.window_days, *self._inputs(frame))
 
 
 class Calibrator:
-    """Maps raw scores to probabilities: isotonic with enough data, else Platt."""
+    """Maps raw scores to probabilities: Platt scaling (a logistic curve on the raw
+    score), or isotonic regression when there is plenty of data (``method="auto"``).
 
-    def __init__(self, min_isotonic_rows: int = 2000, min_isotonic_positives: int = 100) -> None:
+    Isotonic regression is a step function with one step per run of the data: on a few
+    thousand validation users its steps follow noise and cost log loss, while a smooth
+    two-parameter curve does not; with tens of thousands of users it corrects shapes a
+    logistic curve cannot."""
+
+    def __init__(self, min_isotonic_rows: int = 20_000, min_isotonic_positives: int = 1_000,
+                 method: str = "auto") -> None:
         self.min_isotonic_rows = min_isotonic_rows
         self.min_isotonic_positives = min_isotonic_positives
+        self.method = method
 
     def fit(self, raw: np.ndarray, y: np.ndarray) -> Calibrator:
         raw = np.nan_to_num(np.asarray(raw, float), nan=0.0)
-        use_isotonic = len(y) >= self.min_isotonic_rows and y.sum() >= \
-            self.min_isotonic_positives
+        y = np.asarray(y)
+        if self.method == "auto":
+            use_isotonic = len(y) >= self.min_isotonic_rows and \
+                y.sum() >= self.min_isotonic_positives
+        else:
+            use_isotonic = self.method == "isotonic"
         if use_isotonic:
             self.method_ = "isotonic"
             self.model_ = IsotonicRegression(out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4)
@@ -90,9 +118,58 @@ class Calibrator:
         return self.model_.predict_proba(raw.reshape(-1, 1))[:, 1]
 
 
+def lightgbm_params(rows: int, positives: int, seed: int = 7, num_threads: int = 1
+                    ) -> dict[str, Any]:
+    """Regularisation scaled to the data: leaves need enough rows (and positives) to
+    estimate a rate, trees stay shallow on small data."""
+    min_leaf = int(np.clip(rows / 400, 20, 400))
+    leaves = int(np.clip(2 ** round(math.log2(max(rows, 1) / 2000)) - 1, 7, 31))
+    return {
+        "objective": "binary", "learning_rate": 0.05, "num_leaves": leaves,
+        "min_data_in_leaf": min_leaf, "min_sum_hessian_in_leaf": 1.0,
+        "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
+        "lambda_l2": 10.0, "path_smooth": 10.0, "max_bin": 127, "cat_smooth": 20.0,
+        "min_data_per_group": 50, "verbose": -1, "seed": seed, "deterministic": True,
+        "force_row_wise": True, "num_threads": num_threads,
+    }
+
+
+def _path_tables(booster: lgb.Booster, n_features: int
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per tree: the features it splits on and, per leaf, what the path to that leaf
+    credits each of them (see ``LikelihoodModel._tree_contributions``)."""
+    tables = []
+    for tree in booster.dump_model()["tree_info"]:
+        root = tree["tree_structure"]
+        paths: dict[int, dict[int, float]] = {}
+        stack = [(root, {})]
+        while stack:
+            node, credit = stack.pop()
+            if "leaf_index" in node or "split_feature" not in node:
+                paths[int(node.get("leaf_index", 0))] = credit
+                continue
+            value = node["internal_value"]
+            feature = int(node["split_feature"])
+            for side in ("left_child", "right_child"):
+                child = node[side]
+                child_value = child.get("internal_value", child.get("leaf_value", value))
+                step = dict(credit)
+                step[feature] = step.get(feature, 0.0) + child_value - value
+                stack.append((child, step))
+        features = np.array(sorted({f for c in paths.values() for f in c}), dtype=np.int64)
+        table = np.zeros((len(features), max(paths) + 1))  # feature × leaf
+        for leaf, credit in paths.items():
+            for f, v in credit.items():
+                table[int(np.searchsorted(features, f)), leaf] = v
+        tables.append((features, table))
+    return tables
+
+
 class LikelihoodModel:
     def __init__(self, kind: str, feature_spec: FeatureSpec, window_days: int, seed: int = 7,
-                 num_threads: int = 1, max_rounds: int = 600) -> None:
+                 num_threads: int = 1, max_rounds: int = 1000, linear_base: bool = True,
+                 refit: bool = True, patience: int = 50, params: dict[str, Any] | None = None,
+                 calibration: str = "auto", linear_features: str = "log") -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         self.kind = kind
@@ -101,72 +178,188 @@ class LikelihoodModel:
         self.seed = seed
         self.num_threads = num_threads
         self.max_rounds = max_rounds
+        self.linear_base = linear_base
+        self.refit = refit
+        self.patience = patience
+        self.params = params
+        self.calibration = calibration
+        self.linear_features = linear_features
 
     # -- features ------------------------------------------------------------------------
 
+    def _column(self, frame: pd.DataFrame, name: str, bg: dict[str, np.ndarray]
+                ) -> np.ndarray | pd.Series:
+        return bg[name] if name in bg else frame[name]
+
     def _matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
-        enriched = self.bg_.transform(frame)
-        return enriched[self.feature_names_]
+        """The model's feature columns (BG/NBD summaries added), as a new frame."""
+        bg = self.bg_.columns(frame)
+        return pd.DataFrame({c: self._column(frame, c, bg) for c in self.feature_names_},
+                            index=frame.index)
+
+    def _lgb_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """float32 matrix in ``feature_names_`` order; categories as their codes (NaN
+        when missing or unknown), the codes of the categories the feature spec lists."""
+        bg = self.bg_.columns(frame)
+        out = np.empty((len(frame), len(self.feature_names_)), dtype=np.float32)
+        for j, name in enumerate(self.feature_names_):
+            col = self._column(frame, name, bg)
+            if name in self.categorical_:
+                codes = col.cat.codes.to_numpy() if hasattr(col, "cat") else \
+                    pd.Categorical(col, categories=self.categories_[name]).codes
+                out[:, j] = np.where(codes < 0, np.nan, codes)
+            elif isinstance(col, pd.Series):
+                out[:, j] = col.to_numpy(dtype=np.float32, na_value=np.nan)
+            else:
+                out[:, j] = col
+        return out
+
+    def _raw_numeric(self, frame: pd.DataFrame) -> np.ndarray:
+        """float64 matrix of the numeric features, NaN where missing."""
+        bg = self.bg_.columns(frame)
+        values = np.empty((len(frame), len(self.numeric_)), dtype=float)
+        for j, name in enumerate(self.numeric_):
+            col = self._column(frame, name, bg)
+            values[:, j] = col.to_numpy(dtype=float, na_value=np.nan) \
+                if isinstance(col, pd.Series) else col
+        if getattr(self, "form_", "raw") == "log":
+            # counts and durations are heavy-tailed: on a log scale a linear model fits
+            # them better and extrapolates less wildly to the heaviest users
+            values = np.sign(values) * np.log1p(np.abs(values))
+        return values
 
     def _numeric(self, frame: pd.DataFrame) -> np.ndarray:
-        matrix = self._matrix(frame)
-        numeric = matrix[[c for c in self.feature_names_ if c not in self.categorical_]]
-        values = numeric.to_numpy(dtype=float, na_value=np.nan)
+        """Standardised numeric features, missing values filled with training medians."""
+        values = self._raw_numeric(frame)
         values = np.where(np.isnan(values), self.fill_, values)
-        return (values - self.mean_) / self.scale_
+        values -= self.mean_
+        values /= self.scale_
+        return values
 
     # -- fitting -------------------------------------------------------------------------
 
     def fit(self, train: pd.DataFrame, y_train: np.ndarray, stop: pd.DataFrame,
-            y_stop: np.ndarray, cal: pd.DataFrame, y_cal: np.ndarray) -> LikelihoodModel:
-        """``stop`` decides early stopping; ``cal`` (held out from both) calibrates."""
+            y_stop: np.ndarray, cal: pd.DataFrame, y_cal: np.ndarray,
+            extra: pd.DataFrame | None = None, y_extra: np.ndarray | None = None,
+            bg: BgNbdFeatures | None = None) -> LikelihoodModel:
+        """``stop`` decides early stopping; ``cal`` (held out from all the rest)
+        calibrates. The final model learns from ``train``, ``stop`` and ``extra`` (rows
+        kept out of the early-stopping fit, e.g. because their label windows overlap
+        ``stop``'s). ``bg`` is an already fitted ``BgNbdFeatures`` to share."""
+        with threadpool_limits(self.num_threads):  # BLAS threads on a busy machine: slower
+            return self._fit(train, y_train, stop, y_stop, cal, y_cal, extra, y_extra, bg)
+
+    def _fit(self, train: pd.DataFrame, y_train: np.ndarray, stop: pd.DataFrame,
+             y_stop: np.ndarray, cal: pd.DataFrame, y_cal: np.ndarray,
+             extra: pd.DataFrame | None, y_extra: np.ndarray | None,
+             bg: BgNbdFeatures | None) -> LikelihoodModel:
         self.feature_names_ = self.feature_spec.columns()
-        self.categorical_ = list(self.feature_spec.categorical_columns())
-        self.bg_ = BgNbdFeatures(self.window_days).fit(train)
+        self.categories_ = {k: list(v) for k, v in
+                            self.feature_spec.categorical_columns().items()}
+        self.categorical_ = list(self.categories_)
+        self.numeric_ = [c for c in self.feature_names_ if c not in self.categorical_]
+        parts = [(train, y_train), (stop, y_stop)]
+        if extra is not None and len(extra):
+            parts.append((extra, y_extra))
+        full = pd.concat([p[0] for p in parts]) if len(parts) > 1 else train
+        y_full = np.concatenate([np.asarray(p[1]) for p in parts])
+        self.bg_ = bg if bg is not None else BgNbdFeatures(self.window_days).fit(full)
+        self.rows_ = int(len(y_full))
+        self.form_ = "raw"
         if self.kind == "lightgbm":
-            self._fit_lightgbm(train, y_train, stop, y_stop)
+            self._fit_lightgbm(train, np.asarray(y_train), stop, np.asarray(y_stop), full,
+                               y_full)
         elif self.kind == "logistic":
-            self._fit_logistic(train, y_train)
-        self.calibrator_ = Calibrator().fit(self.raw_score(cal), y_cal)
+            self._fit_logistic(full, y_full)
+        self.calibrator_ = Calibrator(method=self.calibration).fit(self.raw_score(cal), y_cal)
         return self
 
+    def _boost(self, x: np.ndarray, y: np.ndarray, init: np.ndarray | None, rounds: int,
+               params: dict[str, Any], valid: tuple | None = None) -> lgb.Booster:
+        cats = [self.feature_names_.index(c) for c in self.categorical_]
+        data = lgb.Dataset(x, label=y, init_score=init, feature_name=self.feature_names_,
+                           categorical_feature=cats, free_raw_data=True)
+        kwargs: dict[str, Any] = {}
+        if valid is not None:
+            vx, vy, vinit = valid
+            kwargs["valid_sets"] = [lgb.Dataset(vx, label=vy, init_score=vinit,
+                                                reference=data)]
+            kwargs["callbacks"] = [lgb.early_stopping(self.patience, verbose=False)]
+        return lgb.train(params, data, num_boost_round=rounds, **kwargs)
+
     def _fit_lightgbm(self, train: pd.DataFrame, y: np.ndarray, stop: pd.DataFrame,
-                      y_stop: np.ndarray) -> None:
-        params = {
-            "objective": "binary", "learning_rate": 0.05, "num_leaves": 31,
-            "min_data_in_leaf": 40, "feature_fraction": 0.8, "bagging_fraction": 0.8,
-            "bagging_freq": 1, "lambda_l2": 1.0, "verbose": -1, "seed": self.seed,
-            "deterministic": True, "force_row_wise": True, "num_threads": self.num_threads,
-        }
-        data = lgb.Dataset(self._matrix(train), label=y, categorical_feature=self.categorical_
-                           or "auto", free_raw_data=True)
-        valid = lgb.Dataset(self._matrix(stop), label=y_stop, reference=data)
-        self.booster_ = lgb.train(params, data, num_boost_round=self.max_rounds,
-                                  valid_sets=[valid],
-                                  callbacks=[lgb.early_stopping(30, verbose=False)])
-        self.best_iteration_ = int(self.booster_.best_iteration or self.max_rounds)
+                      y_stop: np.ndarray, full: pd.DataFrame, y_full: np.ndarray) -> None:
+        params = lightgbm_params(len(y), int(y.sum()), self.seed, self.num_threads)
+        params.update(self.params or {})
+        x, x_stop = self._lgb_matrix(train), self._lgb_matrix(stop)
+        init = init_stop = None
+        if self.linear_base:
+            self.form_ = self.linear_features
+            self._fit_logistic(train, y)
+            init, init_stop = self._linear(train), self._linear(stop)
+        booster = self._boost(x, y, init, self.max_rounds, params, (x_stop, y_stop, init_stop))
+        self.best_iteration_ = int(booster.best_iteration or self.max_rounds)
+        stop_score = booster.best_score.get("valid_0", {})
+        self.stop_log_loss_ = float(stop_score.get("binary_logloss", float("nan")))
+        del x, x_stop
+        if self.refit and len(y_full) > len(y):
+            # The same number of rounds on more rows: a little more room, as the
+            # optimum grows with the data.
+            self.rounds_ = max(1, round(self.best_iteration_ * (len(y_full) / len(y)) ** 0.5))
+            params = {**lightgbm_params(len(y_full), int(y_full.sum()), self.seed,
+                                        self.num_threads), **(self.params or {})}
+            init_full = None
+            if self.linear_base:
+                self._fit_logistic(full, y_full)
+                init_full = self._linear(full)
+            self.booster_ = self._boost(self._lgb_matrix(full), y_full, init_full,
+                                        self.rounds_, params)
+        else:
+            self.rounds_ = self.best_iteration_
+            self.booster_ = booster
+        self.params_ = params
 
     def _fit_logistic(self, train: pd.DataFrame, y: np.ndarray) -> None:
-        matrix = self._matrix(train)
-        numeric = matrix[[c for c in self.feature_names_ if c not in self.categorical_]]
-        values = numeric.to_numpy(dtype=float, na_value=np.nan)
+        values = self._raw_numeric(train)
         with warnings.catch_warnings():  # an all-empty column just gets 0
             warnings.simplefilter("ignore", RuntimeWarning)
             self.fill_ = np.nan_to_num(np.nanmedian(values, axis=0), nan=0.0)
         values = np.where(np.isnan(values), self.fill_, values)
         self.mean_ = values.mean(axis=0)
-        self.scale_ = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.0)
+        std = values.std(axis=0)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        values -= self.mean_
+        values /= self.scale_
         self.linear_ = LogisticRegression(C=1.0, max_iter=2000, random_state=self.seed)
-        self.linear_.fit((values - self.mean_) / self.scale_, y)
+        self.linear_.fit(values, y)
+
+    def _linear(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.linear_.decision_function(self._numeric(frame))
+
+    def _linear_contributions(self, frame: pd.DataFrame) -> np.ndarray:
+        """coefficient × standardised value, per numeric feature."""
+        return self._numeric(frame) * self.linear_.coef_[0]
+
+    def training_summary(self) -> dict[str, Any]:
+        if self.kind != "lightgbm":
+            return {}
+        return {"best_iteration": self.best_iteration_, "rounds": self.rounds_,
+                "stop_log_loss": self.stop_log_loss_, "linear_base": self.linear_base,
+                "linear_features": getattr(self, "form_", None),
+                "num_leaves": self.params_["num_leaves"],
+                "min_data_in_leaf": self.params_["min_data_in_leaf"], "rows": self.rows_}
 
     # -- prediction ----------------------------------------------------------------------
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         if self.kind == "lightgbm":
-            return self.booster_.predict(self._matrix(frame), raw_score=True,
-                                         num_iteration=self.best_iteration_)
+            raw = self.booster_.predict(self._lgb_matrix(frame), raw_score=True,
+                                        num_threads=self.num_threads)
+            if self.linear_base:
+                raw = raw + self._linear(frame)
+            return raw
         if self.kind == "logistic":
-            return self.linear_.decision_function(self._numeric(frame))
+            return self._linear(frame)
         return self.bg_.p_at_least_one(frame)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
@@ -175,15 +368,35 @@ class LikelihoodModel:
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-user additive contributions to the raw score, one column per feature."""
         if self.kind == "lightgbm":
-            contrib = self.booster_.predict(self._matrix(frame), pred_contrib=True,
-                                            num_iteration=self.best_iteration_)
-            return pd.DataFrame(contrib[:, :-1], index=frame.index, columns=self.feature_names_)
+            contrib = self._tree_contributions(self._lgb_matrix(frame))
+            if self.linear_base:
+                idx = [self.feature_names_.index(c) for c in self.numeric_]
+                contrib[:, idx] += self._linear_contributions(frame)
+            return pd.DataFrame(contrib, index=frame.index, columns=self.feature_names_)
         if self.kind == "logistic":
-            names = [c for c in self.feature_names_ if c not in self.categorical_]
-            return pd.DataFrame(self._numeric(frame) * self.linear_.coef_[0], index=frame.index,
-                                columns=names)
-        enriched = self.bg_.transform(frame)
-        return pd.DataFrame({"bgnbd_expected": enriched["bgnbd_expected"]}, index=frame.index)
+            return pd.DataFrame(self._linear_contributions(frame), index=frame.index,
+                                columns=self.numeric_)
+        return pd.DataFrame({"bgnbd_expected": self.bg_.columns(frame)["bgnbd_expected"]},
+                            index=frame.index)
+
+    def _tree_contributions(self, x: np.ndarray) -> np.ndarray:
+        """Path ("Saabas") attributions: along each tree's decision path, every split
+        credits its feature with the change in the node's expected output. Additive like
+        TreeSHAP (they sum to the raw score less the trees' mean output) but a table
+        look-up per tree and leaf, where LightGBM's TreeSHAP (``pred_contrib``) costs
+        about a millisecond per user: 15 minutes for a million users."""
+        paths = getattr(self, "paths_", None)
+        if paths is None:
+            paths = self.paths_ = _path_tables(self.booster_, len(self.feature_names_))
+        # feature-major, so every update is a contiguous row
+        out = np.zeros((len(self.feature_names_), len(x)), dtype=np.float64)
+        if len(x):
+            leaves = self.booster_.predict(x, pred_leaf=True, num_threads=self.num_threads)
+            leaves = np.asarray(leaves, dtype=np.intp).reshape(len(x), -1).T.copy()
+            for t, (features, table) in enumerate(paths):
+                for j, f in enumerate(features):
+                    out[f] += table[j].take(leaves[t])
+        return out.T
 
     def drivers(self, frame: pd.DataFrame, top: int = 15) -> list[dict[str, Any]]:
         """Global drivers: mean absolute contribution per feature on ``frame``."""

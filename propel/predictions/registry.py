@@ -209,10 +209,21 @@ def list_versions(db: Database, prediction_id: str) -> list[ModelVersion]:
     return [_row_to_version(r) for r in rows]
 
 
+class ArtifactError(ValueError):
+    """A model artifact is missing or is not the file that was registered."""
+
+
 def load_model(version: ModelVersion) -> LikelihoodModel:
-    blob = Path(version.artifact_path).read_bytes()
+    """The version's model, after checking the artifact against its recorded SHA-256."""
+    try:
+        blob = Path(version.artifact_path).read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"model artifact {version.artifact_path} (version "
+                            f"{version.version}) cannot be read: {exc.strerror or exc}; "
+                            "retrain the prediction") from None
     if hashlib.sha256(blob).hexdigest() != version.artifact_sha256:
-        raise ValueError(f"model artifact {version.artifact_path} does not match its "
-                         "recorded checksum; retrain the prediction")
+        raise ArtifactError(f"model artifact {version.artifact_path} (version "
+                            f"{version.version}) does not match its recorded checksum; "
+                            "retrain the prediction")
     # Artifacts are written by Propel itself into its data folder, never uploaded.
     return pickle.loads(blob)  # noqa: S301

@@ -5,6 +5,7 @@ system event ``Likelihood Changed``."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ from deltalake import write_deltalake
 from sqlalchemy import Connection, delete, insert, select, update
 
 from propel.core import Propel
-from propel.db.bulk import insert_many
+from propel.db.bulk import db_time, insert_many
 from propel.db.meta import utcnow
 from propel.ingest.records import EventRecord, IngestItem, key_hash
-from propel.ingest.service import ingest_sync
+from propel.ingest.service import store_items
 from propel.lake.reader import snapshot
 from propel.predictions import quality, registry
 from propel.predictions.features import compute_features, register_aliases
@@ -54,10 +55,26 @@ class ScoreResult:
 
 def assign(prediction: Prediction, raw: np.ndarray, prob: np.ndarray, keys: pd.Index
            ) -> np.ndarray:
+    """Likelihood groups: by rank of the raw score (exact group sizes, ties broken by
+    identity), or by probability thresholds."""
     g = prediction.spec.groups
     if g.mode == "probability":
         return quality.assign_groups_by_threshold(prob, g.high, g.medium)
-    return quality.assign_groups(raw, np.asarray(keys, dtype=str), g.high, g.medium)
+    return quality.assign_groups(oriented(raw, prob), np.asarray(keys, dtype=str), g.high,
+                                 g.medium)
+
+
+def oriented(raw: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """``raw`` turned, if need be, to rise with the calibrated probability. Calibration is
+    monotone but may be decreasing: BG/NBD's raw score is P(at least one goal event),
+    which for an absent goal (churn: *no* App Launched) is the opposite of the label,
+    and a Platt fit with a negative slope turns it round; ranking by that raw score
+    would put the users least likely to churn in High."""
+    raw = np.asarray(raw, dtype=float)
+    prob = np.asarray(prob, dtype=float)
+    turned = len(raw) > 1 and np.ptp(raw) > 0 and np.ptp(prob) > 0 \
+        and np.corrcoef(raw, prob)[0, 1] < 0
+    return -raw if turned else raw
 
 
 def _reasons_json(model: Any, frame: pd.DataFrame, top: int = 3) -> list[str]:
@@ -107,18 +124,20 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
     with snapshot(propel.db, propel.lake, prediction.account_id) as (con, _):
         register_aliases(con, load_aliases(propel, prediction.account_id))
         frame = compute_features(con, model.feature_spec, prediction.spec.audience, as_of)
-    raw = model.raw_score(frame)
-    prob = np.clip(model.predict_proba(frame), 0.0, 1.0)
+    if len(frame):
+        raw = model.raw_score(frame)
+        prob = np.clip(model.predict_proba(frame), 0.0, 1.0)
+        reasons = _reasons_json(model, frame)
+    else:  # nobody in the audience now: everyone's score goes (models refuse 0 rows)
+        raw, prob, reasons = np.empty(0), np.empty(0), []
     groups = assign(prediction, raw, prob, frame.index)
     scores = np.round(prob * 100, 1)
-    reasons = _reasons_json(model, frame) if len(frame) else []
     now = utcnow()
     rows = [(prediction.id, ident, prediction.account_id, float(p), float(s), g,
              version.version, now, r)
             for ident, p, s, g, r in zip(frame.index, prob, scores, groups, reasons,
                                          strict=True)]
-    changes = propel.db.write(lambda conn: _replace_scores(conn, prediction.id, rows))
-    _emit_changes(propel, prediction, changes, as_of)
+    changes = propel.db.write(lambda conn: _replace_scores(conn, prediction, rows, as_of))
     _append_history(propel, prediction, frame.index, prob, scores, groups, version.version,
                     as_of, now)
     sizes = {g: int((groups == g).sum()) for g in GROUPS}
@@ -128,37 +147,49 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
     return ScoreResult(run_id, len(rows), len(changes), sizes, rates, version.version, as_of)
 
 
-def _replace_scores(conn: Connection, prediction_id: str, rows: list[tuple]
-                    ) -> list[tuple[str, str, str]]:
+def _replace_scores(conn: Connection, prediction: Prediction, rows: list[tuple],
+                    as_of: datetime) -> list[tuple[str, str, str]]:
+    """Replace the current scores and emit ``Likelihood Changed`` for every group change,
+    in one transaction: a crash can lose neither the events nor the scores alone."""
+    prediction_id = prediction.id
     before = dict(conn.execute(select(user_predictions.c.identity, user_predictions.c.grp).where(
         user_predictions.c.prediction_id == prediction_id)).all())
     conn.execute(delete(user_predictions).where(user_predictions.c.prediction_id ==
                                                 prediction_id))
     if conn.dialect.name == "sqlite":
-        # sqlite3 adapts datetimes by itself; the column type stores ISO text
-        rows = [(*r[:7], r[7].replace(tzinfo=None).isoformat(sep=" "), r[8]) for r in rows]
+        # raw driver SQL: bind the text the column type stores
+        rows = [(*r[:7], db_time(conn, r[7]), r[8]) for r in rows]
     insert_many(conn, "user_predictions", _COLUMNS, rows)
     conn.execute(update(predictions).where(predictions.c.id == prediction_id).values(
         last_scored_at=utcnow(), status="scored", updated_at=utcnow()))
-    return [(r[1], before[r[1]], r[5]) for r in rows if r[1] in before and before[r[1]] != r[5]]
+    changes = [(r[1], before[r[1]], r[5]) for r in rows
+               if r[1] in before and before[r[1]] != r[5]]
+    items = _change_items(prediction, changes, as_of)
+    if items:
+        store_items(conn, prediction.account_id, items, [], "system")
+    return changes
 
 
-def _emit_changes(propel: Propel, prediction: Prediction, changes: list[tuple[str, str, str]],
-                  as_of: datetime) -> None:
-    """``Likelihood Changed`` through the normal ingest path, with message ids derived
-    from (prediction, as-of, user), so re-running the same scoring emits nothing twice."""
+def _change_items(prediction: Prediction, changes: list[tuple[str, str, str]],
+                  as_of: datetime) -> list[IngestItem]:
+    """``Likelihood Changed`` for the normal ingest path, with message ids derived from
+    (prediction, as-of, user, from, to), so re-running the same scoring emits nothing
+    twice, while a different change at the same as-of (after a retraining, or new late
+    data) is still emitted."""
     ts = int(as_of.timestamp() * 1_000_000)
     stamp = as_of.strftime("%Y%m%dT%H%M%S")
     items = []
     for identity, old, new in changes:
-        mid = f"lc:{prediction.id}:{stamp}:{identity}"
+        change = f"{identity}:{old}>{new}"
+        if len(change) > 180:  # message ids are at most 256 characters, identities too
+            change = hashlib.sha256(change.encode()).hexdigest()
+        mid = f"lc:{prediction.id}:{stamp}:{change}"
         props = {"prediction": prediction.spec.name, "prediction_id": prediction.id,
                  "from": old, "to": new}
         items.append(IngestItem(key_hash(prediction.account_id, mid), event=EventRecord(
             message_id=mid, identity=identity, name=LIKELIHOOD_CHANGED, ts=ts,
             properties=orjson.dumps(props).decode())))
-    for start in range(0, len(items), 5000):
-        ingest_sync(propel.db, prediction.account_id, items[start:start + 5000], [], "system")
+    return items
 
 
 def scores_uri(propel: Propel) -> str:

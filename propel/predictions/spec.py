@@ -13,6 +13,7 @@ from typing import Any
 
 OPS = ("=", "!=", ">", ">=", "<", "<=", "in", "contains", "exists")
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w .-]*?)\s*(>=|<=|!=|=|>|<|\bin\b|\bcontains\b)\s*(.+?)\s*$")
+_EXISTS = re.compile(r"^\s*([A-Za-z_][\w .-]*?)\s+exists\s*$")
 
 
 class SpecError(ValueError):
@@ -33,7 +34,11 @@ class Condition:
 
 
 def parse_where(text: str) -> Condition:
-    """``amount > 0``, ``currency = USD``, ``category in [books, music]``."""
+    """``amount > 0``, ``currency = USD``, ``category in [books, music]``,
+    ``coupon exists``. A quoted value stays text: ``code = '10'``."""
+    exists = _EXISTS.match(text)
+    if exists:
+        return Condition(exists.group(1).strip(), "exists")
     match = _WHERE.match(text)
     if not match:
         raise SpecError(f"where: cannot read {text!r}; write e.g. 'amount > 0'")
@@ -45,7 +50,9 @@ def parse_where(text: str) -> Condition:
 
 
 def _scalar(raw: str) -> Any:
-    raw = raw.strip().strip("'\"")
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
     for cast in (int, float):
         try:
             return cast(raw)
@@ -119,7 +126,8 @@ class PredictionSpec:
 
     @property
     def goal_text(self) -> str:
-        where = " and ".join(f"{c.property} {c.op} {c.value}" for c in self.goal_where)
+        where = " and ".join(f"{c.property} exists" if c.op == "exists"
+                             else f"{c.property} {c.op} {c.value}" for c in self.goal_where)
         base = f"no {self.goal_event}" if self.goal_absent else self.goal_event
         return f"{base} where {where}" if where else base
 
@@ -128,12 +136,19 @@ class PredictionSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PredictionSpec:
+        """From ``as_json()`` output; the nested parts may also be given as the objects
+        themselves (``Audience``, ``Groups``, ``Condition``), as template overrides are."""
         data = dict(data)
-        data["goal_where"] = tuple(Condition(**c) for c in data.get("goal_where", ()))
-        aud = dict(data.get("audience") or {})
-        aud["exclude_events"] = tuple(aud.get("exclude_events", ()))
-        data["audience"] = Audience(**aud)
-        data["groups"] = Groups(**(data.get("groups") or {}))
+        data["goal_where"] = tuple(c if isinstance(c, Condition) else Condition(**c)
+                                   for c in data.get("goal_where") or ())
+        aud = data.get("audience")
+        if not isinstance(aud, Audience):
+            aud = dict(aud or {})
+            aud["exclude_events"] = tuple(aud.get("exclude_events") or ())
+            aud = Audience(**aud)
+        data["audience"] = aud
+        groups = data.get("groups")
+        data["groups"] = groups if isinstance(groups, Groups) else Groups(**(groups or {}))
         return cls(**data)
 
 

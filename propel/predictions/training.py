@@ -1,17 +1,31 @@
 """Training: labelled snapshots at past as-of dates, time-ordered validation, three
 candidate models, the promotion rule, and the registry entry.
 
-Snapshots: a_0 = end - window is the newest as-of date whose label window is complete;
-older ones step back a week at a time. Each snapshot holds the audience's features at
-its as-of date and whether the goal happened in the window after it. The newest
-snapshot validates (half calibrates, half evaluates); the one before it decides early
-stopping; the rest train. So every model is judged on a later period than it learned
-from, as it will be used.
+Snapshots (see ``plan_snapshots``): the validation date ``v = end - window`` is the
+newest as-of date whose label window is complete. Training dates step back from
+``v - window`` every ``STEP_DAYS`` (at most ``MAX_SNAPSHOTS``, each with at least
+``MIN_HISTORY_DAYS`` of history before it), so every training label window ends before
+the validation one starts: no event decides both a training label and a validation
+label, exactly as when the model is later used on dates after everything it learned
+from. Each snapshot holds the audience's features at its as-of date and whether the
+goal happened in the window after it.
+
+Validation: half of the validation snapshot's users calibrate, the other half evaluate
+(a stable hash of the identity decides). LightGBM stops early on an inner split that is
+ordered in time the same way: it learns from the training dates at least one window
+before the newest training date and stops on that newest date; then it is refitted on
+all training dates with the number of rounds found. The baselines learn from all
+training dates too.
+
+Large accounts: when an account has more than ``TRAIN_EVENTS`` events, training reads
+a fixed random sample of users (by a hash of the resolved identity, so a user's events
+stay together), materialised once and shared by all snapshots.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +38,7 @@ from propel.core import Propel
 from propel.lake.reader import snapshot
 from propel.predictions import quality, registry
 from propel.predictions.features import (
+    FeatureSpec,
     choose_feature_spec,
     compute_features,
     labels,
@@ -31,15 +46,18 @@ from propel.predictions.features import (
 )
 from propel.predictions.model import LikelihoodModel
 from propel.predictions.registry import ModelVersion, Prediction
+from propel.predictions.spec import PredictionSpec
 from propel.profiles.tables import identity_aliases
 
 log = logging.getLogger("propel.predictions")
 MIN_POSITIVES = 50
 MIN_EVAL_POSITIVES = 10
-SNAPSHOTS = 6
+MAX_SNAPSHOTS = 12  # training dates, besides the validation date
 STEP_DAYS = 7
 MIN_HISTORY_DAYS = 21
 MAX_USERS_PER_SNAPSHOT = 250_000
+TRAIN_EVENTS = 12_000_000  # above this many events, training reads a sample of users
+INNER_STOP_SHARE = 0.2  # users that decide early stopping when there is no older date
 
 
 class NotEnoughData(ValueError):
@@ -52,6 +70,50 @@ class TrainResult:
     promoted: bool
     reason: str
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Training dates (oldest first) and the validation date."""
+
+    train: tuple[datetime, ...]
+    validate: datetime
+    window_days: int
+
+    @property
+    def dates(self) -> list[datetime]:
+        return [*self.train, self.validate]
+
+    @property
+    def stop(self) -> datetime:
+        """The newest training date: it decides LightGBM's early stopping."""
+        return self.train[-1]
+
+    @property
+    def inner(self) -> tuple[datetime, ...]:
+        """Training dates whose label windows end before ``stop``: what LightGBM learns
+        from while ``stop`` decides the number of rounds."""
+        return tuple(d for d in self.train
+                     if d <= self.stop - timedelta(days=self.window_days))
+
+
+@dataclass
+class Snap:
+    as_of: datetime
+    frame: pd.DataFrame
+    y: np.ndarray
+
+
+@dataclass
+class Candidates:
+    """What ``fit_candidates`` returns: the fitted models, their validation reports and
+    the data they were judged on."""
+
+    models: dict[str, LikelihoodModel]
+    reports: dict[str, dict[str, Any]]
+    evaluation: tuple[pd.DataFrame, np.ndarray]
+    calibration: tuple[pd.DataFrame, np.ndarray]
+    training: dict[str, Any]
 
 
 def start_of_day(moment: datetime) -> datetime:
@@ -72,22 +134,33 @@ def load_aliases(propel: Propel, account_id: str) -> list[tuple[str, str, dateti
     return [(r.alias, r.identity, r.created_at) for r in rows]
 
 
-def _data_range(con: Any) -> tuple[datetime | None, datetime | None]:
+def _data_range(con: Any) -> tuple[datetime | None, datetime | None, int]:
     con.execute("SET TimeZone = 'UTC'")
-    first, last = con.execute("SELECT min(ts), max(ts) FROM events WHERE kind = 'event'"
-                              ).fetchone()
-    return first, last
+    first, last, n = con.execute(
+        "SELECT min(ts), max(ts), count(*) FROM events WHERE kind = 'event'").fetchone()
+    return first, last, int(n or 0)
+
+
+def plan_snapshots(first: datetime, end: datetime, window_days: int,
+                   step_days: int = STEP_DAYS, max_snapshots: int = MAX_SNAPSHOTS
+                   ) -> Plan | None:
+    """The validation date ``end - window`` and the training dates before it (None when
+    not even one training date has ``MIN_HISTORY_DAYS`` of history)."""
+    validate = end - timedelta(days=window_days)
+    train = []
+    as_of = validate - timedelta(days=window_days)
+    while len(train) < max_snapshots and as_of - first >= timedelta(days=MIN_HISTORY_DAYS):
+        train.append(as_of)
+        as_of -= timedelta(days=step_days)
+    if not train:
+        return None
+    return Plan(tuple(train[::-1]), validate, window_days)
 
 
 def snapshot_dates(first: datetime, end: datetime, window_days: int) -> list[datetime]:
-    newest = end - timedelta(days=window_days)
-    dates = []
-    for k in range(SNAPSHOTS):
-        as_of = newest - timedelta(days=STEP_DAYS * k)
-        if as_of - first < timedelta(days=MIN_HISTORY_DAYS):
-            break
-        dates.append(as_of)
-    return dates[::-1]  # oldest first
+    """All snapshot dates, oldest first; the last one validates."""
+    plan = plan_snapshots(first, end, window_days)
+    return plan.dates if plan else []
 
 
 def _sample(frame: pd.DataFrame, salt: str) -> pd.DataFrame:
@@ -95,6 +168,37 @@ def _sample(frame: pd.DataFrame, salt: str) -> pd.DataFrame:
         return frame
     keep = _hash_fraction(frame.index, salt) < MAX_USERS_PER_SNAPSHOT / len(frame)
     return frame[keep]
+
+
+def sample_users(con: Any, events: int, seed: int, budget: int = TRAIN_EVENTS) -> float:
+    """Replace the ``events`` view by the events of a random share of users (all their
+    events, resolved through aliases) when there are more than ``budget``; returns the
+    share kept. Materialised once, so each snapshot scans only the sample."""
+    if events <= budget:
+        return 1.0
+    share = budget / events
+    cut = int(share * 1_000_000)
+    con.execute(f"""
+      CREATE TEMP TABLE _training_events AS
+      SELECT e.* FROM events e LEFT JOIN (SELECT alias, any_value(identity) AS identity
+                                          FROM aliases GROUP BY alias) a
+        ON a.alias = e.identity
+      WHERE hash(COALESCE(a.identity, e.identity) || ':{int(seed)}') % 1000000 < {cut}""")
+    con.execute("CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM _training_events")
+    return share
+
+
+def collect_snapshots(con: Any, spec: PredictionSpec, feature_spec: FeatureSpec,
+                      dates: list[datetime], seed: int,
+                      say: Callable[[str], None] | None = None) -> list[Snap]:
+    snaps = []
+    for as_of in dates:
+        if say:
+            say(f"features as of {as_of.date()}")
+        frame = _sample(compute_features(con, feature_spec, spec.audience, as_of),
+                        f"{seed}:{as_of.date()}")
+        snaps.append(Snap(as_of, frame, labels(con, spec, as_of, frame.index)))
+    return snaps
 
 
 def _goal_phrase(prediction: Prediction) -> str:
@@ -112,56 +216,42 @@ def train_prediction(propel: Propel, prediction: Prediction, *, as_of: datetime 
     say = progress or (lambda _msg: None)
     spec = prediction.spec
     end = start_of_day(as_of or datetime.now(UTC))
+    started = time.perf_counter()
     with snapshot(propel.db, propel.lake, prediction.account_id) as (con, pin):
         register_aliases(con, load_aliases(propel, prediction.account_id))
-        first, last = _data_range(con)
+        first, last, n_events = _data_range(con)
         if first is None:
             raise NotEnoughData("needs events to learn from; this account has none")
         end = min(end, start_of_day(last) + timedelta(days=1))
-        dates = snapshot_dates(first, end, spec.window_days)
-        if len(dates) < 2:
-            need = MIN_HISTORY_DAYS + spec.window_days + STEP_DAYS
+        plan = plan_snapshots(first, end, spec.window_days)
+        if plan is None:
+            need = MIN_HISTORY_DAYS + 2 * spec.window_days
             raise NotEnoughData(
-                f"needs at least {need} days of events before {end.date()} to build two "
-                f"training snapshots; found {(end - first).days} days "
+                f"needs at least {need} days of events before {end.date()} to build a "
+                f"training and a validation snapshot; found {(end - first).days} days "
                 f"({first.date()} … {last.date()})")
-        feature_spec = choose_feature_spec(con, spec, dates[-1])
-        snaps = []
-        for as_of_k in dates:
-            say(f"features as of {as_of_k.date()}")
-            frame = _sample(compute_features(con, feature_spec, spec.audience, as_of_k),
-                            f"{seed}:{as_of_k.date()}")
-            y = labels(con, spec, as_of_k, frame.index)
-            snaps.append((as_of_k, frame, y))
+        share = sample_users(con, n_events, seed)
+        if share < 1:
+            say(f"sampling {share:.1%} of users ({n_events:,} events)")
+        feature_spec = choose_feature_spec(con, spec, plan.validate)
+        snaps = collect_snapshots(con, spec, feature_spec, plan.dates, seed, say)
         current = _current_eval_inputs(propel, prediction, con, snaps[-1])
         lake_version = pin.lake_version
+    feature_seconds = time.perf_counter() - started
     _check_enough(prediction, snaps)
-    train, stop, val = _split(snaps, seed)
-    cal_mask = _hash_fraction(val[0].index, f"cal:{seed}") < 0.5
-    cal = (val[0][cal_mask], val[1][cal_mask])
-    evaluation = (val[0][~cal_mask], val[1][~cal_mask])
-    models: dict[str, LikelihoodModel] = {}
-    reports: dict[str, dict[str, Any]] = {}
-    for kind in ("lightgbm", "logistic", "bgnbd"):
-        say(f"training {kind}")
-        try:
-            model = LikelihoodModel(kind, feature_spec, spec.window_days, seed=seed).fit(
-                train[0], train[1], stop[0], stop[1], cal[0], cal[1])
-        except ValueError as exc:  # a baseline that cannot fit here is reported, not fatal
-            reports[kind] = {"error": str(exc)}
-            continue
-        models[kind] = model
-        reports[kind] = quality.quality_report(evaluation[1], model.predict_proba(evaluation[0]))
+    cands = fit_candidates(spec, feature_spec, plan, snaps, seed, say)
+    models, reports, evaluation = cands.models, cands.reports, cands.evaluation
     chosen, promoted, reason, current_report = _decide(models, reports, current, evaluation)
     model = models[chosen]
     eval_p = model.predict_proba(evaluation[0])
     groups = _groups(prediction, model.raw_score(evaluation[0]), eval_p, evaluation[0].index)
     metrics = {
-        "validation": {"as_of": snaps[-1][0].isoformat(), "users": int(len(evaluation[1])),
+        "validation": {"as_of": plan.validate.isoformat(), "users": int(len(evaluation[1])),
                        "positives": int(evaluation[1].sum()),
-                       "calibration_users": int(len(cal[1]))},
-        "training": {"snapshots": [d.isoformat() for d, _, _ in snaps],
-                     "rows": int(len(train[1])), "positives": int(train[1].sum())},
+                       "calibration_users": int(len(cands.calibration[1]))},
+        "training": {**cands.training, "user_share": share,
+                     "feature_seconds": round(feature_seconds, 2),
+                     "seconds": round(time.perf_counter() - started, 2)},
         "candidates": reports,
         "current": current_report,
         "chosen": chosen,
@@ -171,18 +261,82 @@ def train_prediction(propel: Propel, prediction: Prediction, *, as_of: datetime 
         "calibration_method": model.calibrator_.method_,
     }
     version = registry.save_version(propel.db, propel.settings.data_dir, prediction, model,
-                                    as_of=snaps[-1][0], lake_version=lake_version,
+                                    as_of=plan.validate, lake_version=lake_version,
                                     metrics=metrics, promoted=promoted, reason=reason)
     log.info("trained %s v%s (%s): %s", spec.name, version.version, chosen, reason)
     return TrainResult(version, promoted, reason, metrics)
 
 
-def _check_enough(prediction: Prediction, snaps: list) -> None:
+def fit_candidates(spec: PredictionSpec, feature_spec: FeatureSpec, plan: Plan,
+                   snaps: list[Snap], seed: int = 7,
+                   say: Callable[[str], None] | None = None,
+                   options: dict[str, dict[str, Any]] | None = None) -> Candidates:
+    """Fit LightGBM and the two baselines on the training snapshots (``snaps`` in the
+    order of ``plan.dates``), calibrate each on half of the validation snapshot and
+    report on the other half. ``options`` holds extra constructor arguments per kind."""
+    by_date = {s.as_of: s for s in snaps}
+    val = by_date[plan.validate]
+    cal_mask = _hash_fraction(val.frame.index, f"cal:{seed}") < 0.5
+    cal = (val.frame[cal_mask], val.y[cal_mask])
+    evaluation = (val.frame[~cal_mask], val.y[~cal_mask])
+    inner, stop, extra = _inner_split(plan, by_date, seed)
+    training = {
+        "snapshots": [d.isoformat() for d in plan.dates],
+        "rows": int(sum(len(by_date[d].y) for d in plan.train)),
+        "positives": int(sum(int(by_date[d].y.sum()) for d in plan.train)),
+        "early_stopping": {"learn_rows": int(len(inner[1])), "stop_rows": int(len(stop[1])),
+                           "stop_as_of": plan.stop.isoformat(),
+                           "time_ordered": bool(plan.inner)},
+    }
+    models: dict[str, LikelihoodModel] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    for kind in ("lightgbm", "logistic", "bgnbd"):
+        if say:
+            say(f"training {kind}")
+        try:
+            model = LikelihoodModel(kind, feature_spec, spec.window_days, seed=seed,
+                                    **(options or {}).get(kind, {})).fit(
+                inner[0], inner[1], stop[0], stop[1], cal[0], cal[1],
+                extra=extra[0], y_extra=extra[1])
+        except ValueError as exc:  # a baseline that cannot fit here is reported, not fatal
+            reports[kind] = {"error": str(exc)}
+            continue
+        models[kind] = model
+        reports[kind] = quality.quality_report(evaluation[1], model.predict_proba(evaluation[0]))
+        if kind == "lightgbm":
+            training["lightgbm"] = model.training_summary()
+    return Candidates(models, reports, evaluation, cal, training)
+
+
+def _concat(snaps: list[Snap]) -> tuple[pd.DataFrame, np.ndarray]:
+    if len(snaps) == 1:
+        return snaps[0].frame, snaps[0].y
+    return pd.concat([s.frame for s in snaps]), np.concatenate([s.y for s in snaps])
+
+
+def _inner_split(plan: Plan, by_date: dict[datetime, Snap], seed: int
+                 ) -> tuple[tuple, tuple, tuple]:
+    """(learn, stop, extra): LightGBM learns from ``learn``, stops early on ``stop`` and
+    is refitted on all three. Time-ordered when there is a training date a window
+    before the newest one; otherwise a share of users (all their rows) stops."""
+    if plan.inner:
+        learn = _concat([by_date[d] for d in plan.inner])
+        stop_snap = by_date[plan.stop]
+        rest = [by_date[d] for d in plan.train if d not in plan.inner and d != plan.stop]
+        extra = _concat(rest) if rest else (None, None)
+        return learn, (stop_snap.frame, stop_snap.y), extra
+    frame, y = _concat([by_date[d] for d in plan.train])
+    stop = _hash_fraction(frame.index, f"stop:{seed}") < INNER_STOP_SHARE
+    return (frame[~stop], y[~stop]), (frame[stop], y[stop]), (None, None)
+
+
+def _check_enough(prediction: Prediction, snaps: list[Snap]) -> None:
     spec = prediction.spec
-    positives = sum(int(y.sum()) for _, _, y in snaps)
-    negatives = sum(int(len(y) - y.sum()) for _, _, y in snaps)
-    newest_pos = int(snaps[-1][2].sum())
-    span = f"{snaps[0][0].date()} … {snaps[-1][0].date()}"
+    train = snaps[:-1]
+    positives = sum(int(s.y.sum()) for s in train)
+    negatives = sum(int(len(s.y) - s.y.sum()) for s in train)
+    newest_pos = int(snaps[-1].y.sum())
+    span = f"{snaps[0].as_of.date()} … {snaps[-1].as_of.date()}"
     if positives < MIN_POSITIVES or newest_pos < MIN_EVAL_POSITIVES * 2:
         raise NotEnoughData(
             f"needs at least {MIN_POSITIVES} users who {_goal_phrase(prediction)} within "
@@ -194,27 +348,14 @@ def _check_enough(prediction: Prediction, snaps: list) -> None:
             f"{spec.window_days} days after a training date ({span}); found {negatives}")
 
 
-def _split(snaps: list, seed: int) -> tuple[tuple, tuple, tuple]:
-    frames = [(f, y) for _, f, y in snaps]
-    val = frames[-1]
-    if len(frames) >= 3:
-        train_f = pd.concat([f for f, _ in frames[:-2]])
-        train_y = np.concatenate([y for _, y in frames[:-2]])
-        return (train_f, train_y), frames[-2], val
-    older_f, older_y = frames[0]
-    stop = _hash_fraction(older_f.index, f"stop:{seed}") < 0.2
-    return (older_f[~stop], older_y[~stop]), (older_f[stop], older_y[stop]), val
-
-
-def _current_eval_inputs(propel: Propel, prediction: Prediction, con: Any, newest: tuple
+def _current_eval_inputs(propel: Propel, prediction: Prediction, con: Any, newest: Snap
                          ) -> tuple[ModelVersion, LikelihoodModel, pd.DataFrame] | None:
     """The current version and the newest snapshot's features as *it* defines them."""
     if prediction.current_version is None:
         return None
     version = registry.get_version(propel.db, prediction.id, prediction.current_version)
     model = registry.load_model(version)
-    as_of_k, frame, _ = newest
-    own = compute_features(con, model.feature_spec, prediction.spec.audience, as_of_k)
+    own = compute_features(con, model.feature_spec, prediction.spec.audience, newest.as_of)
     return version, model, own
 
 
