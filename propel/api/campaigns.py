@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from propel import predictions as preds
 from propel.api.auth import api_account, propel_of
@@ -18,7 +18,13 @@ from propel.campaigns.engage import engage
 router = APIRouter(prefix="/api/v1", tags=["Engage"])
 
 
-class CampaignIn(BaseModel):
+class _Strict(BaseModel):
+    # An unknown field is a mistake (a typo, or a field that cannot be set here), not
+    # something to drop silently: answer 422 naming it.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CampaignIn(_Strict):
     name: str
     channel: str = Field(description="email, webhook, inbox, push or sms")
     audience: dict[str, Any] = Field(description="Rule tree; see propel.audiences.")
@@ -32,7 +38,7 @@ class CampaignIn(BaseModel):
     prediction_id: str | None = None
 
 
-class CampaignPatch(BaseModel):
+class CampaignPatch(_Strict):
     name: str | None = None
     audience: dict[str, Any] | None = None
     content: dict[str, Any] | None = None
@@ -44,25 +50,64 @@ class CampaignPatch(BaseModel):
     goal: dict[str, Any] | None = None
 
 
-class EngageIn(BaseModel):
+class EngageIn(_Strict):
     groups: list[str] = Field(description="Some of High, Medium, Low.")
     channel: str = "email"
     per_group: bool = Field(True, description="One campaign per group, or one for all.")
     holdout_pct: float = 0.10
 
 
-class AudienceIn(BaseModel):
+class AudienceIn(_Strict):
     audience: dict[str, Any]
     limit: int = 20
+
+
+# PATCH fields that a campaign cannot be without; the others may be null (= remove).
+_NOT_NULL = ("name", "audience", "content", "schedule", "holdout_pct")
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except service.CampaignError as exc:
-        raise ApiError(400, "invalid", str(exc)) from None
+        raise ApiError(400, "invalid", str(exc), **_problems(exc)) from None
     except LookupError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
+    except ValueError as exc:  # a value the validation let through: still the client's
+        raise ApiError(400, "invalid", str(exc)) from None
+
+
+def _problems(exc: Exception) -> dict[str, Any]:
+    """Every content problem (variant, field, line, reason) when the error is about the
+    templates, so an editor can mark each line, not just the first."""
+    from propel.campaigns.render import TemplateError
+
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, TemplateError):
+        return {"problems": cause.problems}
+    return {}
+
+
+def reference_problem(propel: Any, account_id: str, fields: dict[str, Any]) -> str | None:
+    """What the service does not check (also used by the CLI): the prediction belongs to
+    this account, and the goal's revenue property is a property name (it ends up in the
+    attribution query). The problem, or None."""
+    goal = fields.get("goal")
+    if isinstance(goal, dict) and goal.get("revenue_property") is not None \
+            and not isinstance(goal["revenue_property"], str):
+        return "goal.revenue_property must be a property name"
+    if fields.get("prediction_id") is not None:
+        try:
+            preds.get(propel, account_id, fields["prediction_id"])
+        except preds.NotFound:
+            return f"prediction_id: no prediction {fields['prediction_id']!r} in this account"
+    return None
+
+
+def _check_refs(request: Request, account_id: str, fields: dict[str, Any]) -> None:
+    problem = reference_problem(propel_of(request), account_id, fields)
+    if problem:
+        raise ApiError(400, "invalid", problem)
 
 
 def _with_stats(request: Request, c: service.Campaign) -> dict[str, Any]:
@@ -76,7 +121,9 @@ def _with_stats(request: Request, c: service.Campaign) -> dict[str, Any]:
 @router.post("/campaigns", status_code=201)
 def create(request: Request, body: CampaignIn, account_id: str = Depends(api_account)) -> dict:
     """Create a draft campaign; content and audience are validated now, not at send time."""
-    c = _call(service.create_campaign, propel_of(request), account_id, **body.model_dump())
+    fields = body.model_dump()
+    _check_refs(request, account_id, fields)
+    c = _call(service.create_campaign, propel_of(request), account_id, **fields)
     return c.as_dict()
 
 
@@ -97,6 +144,10 @@ def edit(request: Request, campaign_id: str, body: CampaignPatch,
          account_id: str = Depends(api_account)) -> dict:
     """Edit a draft or a scheduled campaign (timing, content, audience) until it runs."""
     changes = {k: v for k, v in body.model_dump().items() if k in body.model_fields_set}
+    for key in _NOT_NULL:
+        if key in changes and changes[key] is None:
+            raise ApiError(400, "invalid", f"{key} cannot be null")
+    _check_refs(request, account_id, changes)
     return _call(service.update_campaign, propel_of(request), account_id, campaign_id,
                  **changes).as_dict()
 

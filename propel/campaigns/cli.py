@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,11 +21,21 @@ AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPE
                                                  help="Account id (or PROPEL_ACCOUNT).")]
 
 
-def _context(account: str | None) -> tuple[Any, str]:
+@contextmanager
+def _context(account: str | None) -> Iterator[tuple[Any, str]]:
+    """(propel, account id) for one command; the database is closed when it ends."""
     from propel.cli import _account, _propel
 
     propel = _propel()
-    return propel, _account(propel, account)
+    try:
+        yield propel, _account(propel, account)
+    finally:
+        propel.close()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
 
 
 def _json_arg(text: str, what: str) -> Any:
@@ -42,8 +54,41 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except (CampaignError, audiences.AudienceError, LookupError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise _fail(str(exc)) from None
+
+
+def _campaign_fields(propel: Any, account_id: str, spec: Any) -> dict[str, Any]:
+    """The fields of ``create_campaign`` from JSON, checked as the HTTP API checks them:
+    an object, known fields only, the right types, references that hold."""
+    from pydantic import ValidationError
+
+    from propel.api.campaigns import CampaignIn, reference_problem
+
+    if not isinstance(spec, dict):
+        raise _fail("campaign must be a JSON object (name, channel, audience, content, ...)",
+                    2)
+    try:
+        fields = CampaignIn.model_validate(spec).model_dump()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'campaign'}: {e['msg']}"
+                             for e in exc.errors())
+        raise _fail(f"campaign is not valid: {problems}") from None
+    problem = reference_problem(propel, account_id, fields)
+    if problem:
+        raise _fail(problem)
+    return fields
+
+
+def _check_channel(propel: Any, account_id: str, name: str) -> None:
+    """Refuse to send through a channel that is not set up, before anything is queued."""
+    from propel.channels.base import ChannelError
+    from propel.channels.registry import build_channel
+
+    try:
+        channel = build_channel(propel, account_id, name)
+    except ChannelError as exc:
+        raise _fail(str(exc)) from None
+    asyncio.run(channel.aclose())
 
 
 @campaigns_app.command("create")
@@ -53,9 +98,11 @@ def create(spec: Annotated[str, typer.Argument(help="Campaign JSON (name, channe
     """Create a draft campaign from JSON."""
     from propel.campaigns.service import create_campaign
 
-    propel, account_id = _context(account)
-    c = _run(create_campaign, propel, account_id, **_json_arg(spec, "campaign"))
-    console.print(f"created draft [bold]{c.name}[/] ({c.id})")
+    spec_json = _json_arg(spec, "campaign")
+    with _context(account) as (propel, account_id):
+        fields = _campaign_fields(propel, account_id, spec_json)
+        c = _run(create_campaign, propel, account_id, **fields)
+    console.print(f"created draft [bold]{c.name}[/] ({c.id})", highlight=False)
 
 
 @campaigns_app.command("list")
@@ -63,13 +110,13 @@ def list_(account: AccountOpt = None) -> None:
     from propel.campaigns.service import list_campaigns
     from propel.campaigns.stats import headline
 
-    propel, account_id = _context(account)
     table = Table("id", "name", "channel", "status", "targeted", "sent", "opened", "clicked",
                   "converted")
-    for c in list_campaigns(propel, account_id):
-        h = headline(propel.db, c.id)
-        table.add_row(c.id, c.name, c.channel, c.status, *(f"{h[k]:,}" for k in (
-            "targeted", "sent", "opened", "clicked", "converted")))
+    with _context(account) as (propel, account_id):
+        for c in list_campaigns(propel, account_id):
+            h = headline(propel.db, c.id)
+            table.add_row(c.id, c.name, c.channel, c.status, *(f"{h[k]:,}" for k in (
+                "targeted", "sent", "opened", "clicked", "converted")))
     console.print(table)
 
 
@@ -77,8 +124,8 @@ def list_(account: AccountOpt = None) -> None:
 def show(campaign_id: str, account: AccountOpt = None) -> None:
     from propel.campaigns.service import get_campaign
 
-    propel, account_id = _context(account)
-    c = _run(get_campaign, propel, account_id, campaign_id)
+    with _context(account) as (propel, account_id):
+        c = _run(get_campaign, propel, account_id, campaign_id)
     console.print_json(json.dumps(c.as_dict()))
 
 
@@ -91,22 +138,25 @@ def send(campaign_id: str, account: AccountOpt = None,
     from propel.campaigns.dispatch import dispatch_campaign, finish_dispatches
     from propel.campaigns.service import get_campaign, publish
 
-    propel, account_id = _context(account)
-    c = _run(get_campaign, propel, account_id, campaign_id)
-    if c.status == "draft":
-        c = _run(publish, propel, account_id, campaign_id)
-    if c.schedule["type"] != "now" and not wait:
-        console.print(f"scheduled for {c.next_run_at}")
-        return
-    dispatch_id = dispatch_campaign(propel, account_id, campaign_id)
-    if dispatch_id is None:
-        console.print(f"nothing due now (next run {c.next_run_at})")
-        return
-    if wait:
-        total = asyncio.run(_deliver_all(propel, DeliveryEngine(propel)))
-        finish_dispatches(propel)
-        console.print(f"dispatch {dispatch_id}: {total:,} messages handled")
-    _print_stats(propel, campaign_id)
+    with _context(account) as (propel, account_id):
+        c = _run(get_campaign, propel, account_id, campaign_id)
+        if c.status in ("completed", "stopped"):
+            raise _fail(f"the campaign is {c.status}; duplicate it to send it again")
+        _check_channel(propel, account_id, c.channel)
+        if c.status == "draft":
+            c = _run(publish, propel, account_id, campaign_id)
+        if c.schedule["type"] != "now" and not wait:
+            console.print(f"scheduled for {c.next_run_at}")
+            return
+        dispatch_id = dispatch_campaign(propel, account_id, campaign_id)
+        if dispatch_id is None:
+            console.print(f"nothing due now (next run {c.next_run_at})")
+            return
+        if wait:
+            total = asyncio.run(_deliver_all(propel, DeliveryEngine(propel)))
+            finish_dispatches(propel)
+            console.print(f"dispatch {dispatch_id}: {total:,} messages handled")
+        _print_stats(propel, campaign_id)
 
 
 async def _deliver_all(propel: Any, engine: Any) -> int:
@@ -125,8 +175,8 @@ async def _deliver_all(propel: Any, engine: Any) -> int:
 def stop(campaign_id: str, account: AccountOpt = None) -> None:
     from propel.campaigns.service import stop as stop_campaign
 
-    propel, account_id = _context(account)
-    _run(stop_campaign, propel, account_id, campaign_id)
+    with _context(account) as (propel, account_id):
+        _run(stop_campaign, propel, account_id, campaign_id)
     console.print(f"stopped {campaign_id}")
 
 
@@ -138,13 +188,13 @@ def stats(campaign_id: str, account: AccountOpt = None,
     from propel.campaigns.service import get_campaign
     from propel.campaigns.stats import campaign_stats
 
-    propel, account_id = _context(account)
-    _run(get_campaign, propel, account_id, campaign_id)
-    attribute_conversions(propel, campaign_id)
-    if as_json:
-        print(json.dumps(campaign_stats(propel.db, campaign_id)))
-        return
-    _print_stats(propel, campaign_id)
+    with _context(account) as (propel, account_id):
+        _run(get_campaign, propel, account_id, campaign_id)
+        attribute_conversions(propel, campaign_id)
+        if as_json:
+            print(json.dumps(campaign_stats(propel.db, campaign_id)))
+            return
+        _print_stats(propel, campaign_id)
 
 
 def _pct(value: float | None) -> str:
@@ -186,8 +236,9 @@ def count(rule: Annotated[str, typer.Argument(help="Audience rule JSON or @file.
           account: AccountOpt = None) -> None:
     from propel import audiences
 
-    propel, account_id = _context(account)
-    print(_run(audiences.count, propel, account_id, _json_arg(rule, "rule")))
+    parsed = _json_arg(rule, "rule")
+    with _context(account) as (propel, account_id):
+        print(_run(audiences.count, propel, account_id, parsed))
 
 
 @audiences_app.command("export")
@@ -197,6 +248,10 @@ def export(rule: Annotated[str, typer.Argument(help="Audience rule JSON or @file
     """Members as CSV (identity, email, phone, prediction groups)."""
     from propel import audiences
 
-    propel, account_id = _context(account)
-    n = _run(audiences.export_csv, propel, account_id, _json_arg(rule, "rule"), output)
-    console.print(f"wrote {n:,} members to {output}")
+    parsed = _json_arg(rule, "rule")
+    with _context(account) as (propel, account_id):
+        try:
+            n = _run(audiences.export_csv, propel, account_id, parsed, output)
+        except OSError as exc:
+            raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    console.print(f"wrote {n:,} members to {output}", highlight=False)
