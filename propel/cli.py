@@ -30,11 +30,13 @@ for sub, name in ((db_app, "db"), (accounts_app, "accounts"), (keys_app, "keys")
     app.add_typer(sub, name=name)
 
 from propel.campaigns.cli import audiences_app, campaigns_app  # noqa: E402
+from propel.channels.cli import app as channels_app  # noqa: E402
 from propel.predictions.cli import app as predictions_app  # noqa: E402
 
 app.add_typer(predictions_app, name="predictions")
 app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(audiences_app, name="audiences")
+app.add_typer(channels_app, name="channels")
 
 console = Console()
 err = Console(stderr=True)

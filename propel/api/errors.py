@@ -49,6 +49,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if request.url.path.startswith("/1/"):  # CleverTap's own error shape
+            return JSONResponse({"status": "fail", "error": str(exc.detail),
+                                 "code": exc.status_code}, status_code=exc.status_code)
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},

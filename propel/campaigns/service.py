@@ -98,7 +98,7 @@ def validate_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
                "time": _hhmm(schedule.get("time", "10:00"), "schedule.time").strftime("%H:%M")}
         if every == "weekly":
             weekday = schedule.get("weekday", 0)
-            if weekday not in range(7):
+            if isinstance(weekday, bool) or weekday not in range(7):
                 raise CampaignError("schedule.weekday must be 0 (Monday) to 6 (Sunday)")
             out["weekday"] = weekday
         if schedule.get("until"):
@@ -141,24 +141,35 @@ def validate_goal(goal: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(goal.get("event"), str) or not goal["event"]:
         raise CampaignError("goal.event is required")
     hours = goal.get("window_hours", 24)
-    if not isinstance(hours, int | float) or not 1 <= hours <= 24 * 365:
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 1 <= hours <= 8760:
         raise CampaignError("goal.window_hours must be 1 to 8760 (a year)")
     from propel.predictions.spec import Condition, SpecError
 
-    try:
-        where = [asdict(Condition(**c)) for c in goal.get("where", [])]
-    except (SpecError, TypeError) as exc:
-        raise CampaignError(f"goal.where: {exc}") from None
+    raw_where = goal.get("where") or []
+    if not isinstance(raw_where, list):
+        raise CampaignError("goal.where must be a list of conditions")
+    where = []
+    for i, c in enumerate(raw_where):
+        if not isinstance(c, dict):
+            raise CampaignError(f"goal.where[{i}] must be an object")
+        try:
+            where.append(asdict(Condition(**c)))
+        except (SpecError, TypeError) as exc:
+            raise CampaignError(f"goal.where[{i}]: {exc}") from None
+    revenue = goal.get("revenue_property")
+    if revenue is not None and (not isinstance(revenue, str) or not revenue):
+        raise CampaignError("goal.revenue_property must be a property name")
     return {"event": goal["event"], "where": where, "window_hours": hours,
-            "revenue_property": goal.get("revenue_property")}
+            "revenue_property": revenue}
 
 
 def _validate(propel: Propel, account_id: str, c: Campaign) -> None:
-    if not c.name.strip() or len(c.name) > 200:
+    if not isinstance(c.name, str) or not c.name.strip() or len(c.name) > 200:
         raise CampaignError("name must be 1 to 200 characters")
     if c.channel not in CHANNELS:
         raise CampaignError(f"channel must be one of {', '.join(CHANNELS)}")
-    if not 0 <= c.holdout_pct <= 0.9:
+    if isinstance(c.holdout_pct, bool) or not isinstance(c.holdout_pct, int | float) \
+            or not 0 <= c.holdout_pct <= 0.9:
         raise CampaignError("holdout_pct must be between 0 and 0.9")
     if c.rate_per_second is not None and not 0 < c.rate_per_second <= 100_000:
         raise CampaignError("rate_per_second must be above 0")
