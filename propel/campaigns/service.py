@@ -145,7 +145,7 @@ def validate_goal(goal: dict[str, Any] | None) -> dict[str, Any] | None:
         raise CampaignError("goal.window_hours must be 1 to 8760 (a year)")
     from propel.predictions.spec import Condition, SpecError
 
-    raw_where = goal.get("where") or []
+    raw_where = goal.get("where", [])
     if not isinstance(raw_where, list):
         raise CampaignError("goal.where must be a list of conditions")
     where = []
