@@ -502,3 +502,21 @@ def test_an_account_without_data(propel, tenant):
     assert audiences.preview(propel, tenant.id, {"and": []}) == []
     kinds = {p["kind"] for p in audiences.available_properties(propel, tenant.id)}
     assert kinds == {"system"}
+
+
+def test_the_byte_buffer_substring_search_matches_arrow():
+    import random
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from propel.audiences.profile_index import BIG_DICTIONARY, substring_lut
+
+    rng = random.Random(5)
+    alphabet = "abé.@x_ü漢字z"
+    values = pa.array(["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+                       for _ in range(BIG_DICTIONARY + 5000)])
+    for arr in (values, values.slice(777, BIG_DICTIONARY + 10)):
+        for needle in ["a", "ab", "é.", "漢字", "z@", "x_ü", ".", "@@", "abab", "字z", "q"]:
+            expected = pc.match_substring(arr, needle).to_numpy(zero_copy_only=False)
+            assert (substring_lut(arr, needle) == expected).all(), needle

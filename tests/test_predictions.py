@@ -636,11 +636,6 @@ def test_schedules_train_first_then_score_and_never_run_twice_at_once(
     world.state["churn"] = prediction.id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "propel/predictions/training.py _groups ranks validation users by model.raw_score, "
-    "which for BG/NBD on an absent goal (churn) falls as the calibrated probability rises "
-    "(model.py returns P(at least one App Launched)): the stored groups_backtest has High "
-    "and Low swapped"))
 def test_churn_backtest_stored_at_training_has_high_as_likely_churners(
         world: World, no_skill: Callable[[set[str]], None]) -> None:
     if "churn" not in world.state:

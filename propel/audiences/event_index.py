@@ -37,13 +37,14 @@ from propel.db.engine import Database
 from propel.ingest.tables import recent_events
 from propel.lake.flush import rows_to_arrow
 from propel.lake.reader import duckdb_connection
-from propel.lake.store import FLUSHER_APP, SCHEMA
+from propel.lake.store import FLUSHER_APP
 from propel.predictions.features import json_text, lit
 
 from .rules import DAY_US, EventCond, PropertyCond
 
 OFFSET = 1 << 30  # keeps (day + OFFSET) positive in the low 32 bits of a key
 MAX_SEGMENTS = 8
+EAGER_TOTALS = 16  # events whose per-user totals are computed when the rollup is built
 _RECENT_COLUMNS = [recent_events.c.account_id, recent_events.c.kind,
                    recent_events.c.message_id, recent_events.c.identity,
                    recent_events.c.name, recent_events.c.ts, recent_events.c.received_at,
@@ -99,7 +100,7 @@ class EventState:
                     if lo < hi:
                         out += np.bincount(seg.rid[lo:hi], weights=seg.n[lo:hi],
                                            minlength=len(out)).astype(np.int64)
-                self._totals[ev] = out
+                self._totals[ev] = out.astype(np.int32)
             return self._totals[ev]
 
 
@@ -210,10 +211,17 @@ def refresh(state: EventState, table: DeltaTable, account_id: str) -> EventState
             segments = (_merge(segments),)
     grown = len(raw_ids) != len(base.raw_ids) or base is not state
     days = tuple((_day_of(f), f) for f in fragments)
-    return EventState(version, flushed, paths, scoped, names, raw_ids, raw_index, segments,
-                      state.generation + 1 if grown else state.generation, days,
-                      _local_root(table), {} if segments is not state.segments
-                      else state._totals)
+    out = EventState(version, flushed, paths, scoped, names, raw_ids, raw_index, segments,
+                     state.generation + 1 if grown else state.generation, days,
+                     _local_root(table), {} if segments is not state.segments
+                     else state._totals)
+    if segments is not state.segments:
+        # totals of the biggest events are part of the build, not of the first query
+        sizes = {ev: sum(int(np.diff(np.searchsorted(seg.key, [ev << 32, (ev + 1) << 32]))[0])
+                         for seg in segments) for ev in names.values()}
+        for ev in sorted(sizes, key=lambda e: -sizes[e])[:EAGER_TOTALS]:
+            out.totals(ev)
+    return out
 
 
 def recent(db: Database, state: EventState, account_id: str, names: list[str]) -> pa.Table:
@@ -288,10 +296,6 @@ def day_aligned(window: tuple[int | None, int | None]) -> bool:
 # --- scans ---------------------------------------------------------------------------
 
 
-def _text(prop: str) -> str:
-    return json_text(prop)
-
-
 def _date(text: str) -> str:
     return (f"CASE WHEN regexp_matches({text}, '^\\d{{4}}-\\d{{2}}-\\d{{2}}') THEN "
             f"epoch_us(TRY_CAST({text} AS TIMESTAMPTZ)) END")
@@ -308,7 +312,7 @@ def _equals(text: str, value: Any) -> str:
 def condition_sql(cond: PropertyCond) -> str:
     """One property condition over an event's ``properties``, never NULL; the same
     semantics as the profile side (see the package docstring)."""
-    text = _text(cond.property)
+    text = json_text(cond.property)
     num = f"TRY_CAST({text} AS DOUBLE)"
     op = cond.op
     if op == "is set":
@@ -416,10 +420,3 @@ def _lake_source(state: EventState, window: tuple[int | None, int | None]
     assert state.dataset is not None
     return _subset(state.dataset, chosen)
 
-
-def empty_recent() -> pa.Table:
-    return SCHEMA.empty_table()
-
-
-def iso_day(day: int) -> str:
-    return (date(1970, 1, 1) + timedelta(days=day)).isoformat()

@@ -73,8 +73,7 @@ class Text:
 
     def contains(self, needle: str) -> np.ndarray:
         lowered = pc.utf8_lower(pa.scalar(needle, pa.string())).as_py()
-        lut = pc.match_substring(self.lowered(), lowered)
-        return self.gather(lut.to_numpy(zero_copy_only=False))
+        return self.gather(substring_lut(self.lowered(), lowered))
 
     def is_set(self) -> np.ndarray:
         return self.codes != 0
@@ -87,6 +86,41 @@ class Text:
             return [None] * len(rows)
         return [v if c else None for v, c in zip(values.to_pylist(), codes.tolist(),
                                                  strict=True)]
+
+
+BIG_DICTIONARY = 20_000
+
+
+def substring_lut(values: pa.Array, needle: str) -> np.ndarray:
+    """Which strings of ``values`` contain ``needle`` (bytewise; both already
+    lower-cased). A dictionary of near-unique values (e-mail addresses) is searched as
+    one byte buffer with numpy: candidate positions of the needle's rarest byte, then
+    narrowed byte by byte and mapped back to their strings, several times faster than
+    matching string by string. UTF-8 makes a byte match a character match."""
+    n = len(values)
+    if n < BIG_DICTIONARY or values.null_count or values.type != pa.string():
+        found = pc.match_substring(values, needle)
+        return found.fill_null(False).to_numpy(zero_copy_only=False)
+    pattern = needle.encode()
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[
+        values.offset:values.offset + n + 1]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
+    m = len(pattern)
+    if m == 0:
+        return np.ones(n, dtype=bool)
+    counts = np.bincount(data[:: max(1, len(data) // 200_000)], minlength=256)
+    anchor = min(range(m), key=lambda j: counts[pattern[j]])
+    cand = np.flatnonzero(data == pattern[anchor]) - anchor
+    cand = cand[(cand >= 0) & (cand <= len(data) - m)]
+    for j in range(m):
+        if j != anchor and len(cand):
+            cand = cand[data[cand + j] == pattern[j]]
+    entry = np.searchsorted(offsets, cand, side="right") - 1
+    inside = cand + m <= offsets[entry + 1]
+    out = np.zeros(n, dtype=bool)
+    out[entry[inside]] = True
+    return out
 
 
 def encode(values: pa.Array, dictionary: pa.Array | None = None) -> tuple[np.ndarray, pa.Array]:
