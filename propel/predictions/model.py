@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import Any
 
 import lightgbm as lgb
@@ -134,8 +135,7 @@ def lightgbm_params(rows: int, positives: int, seed: int = 7, num_threads: int =
     }
 
 
-def _path_tables(booster: lgb.Booster, n_features: int
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+def _path_tables(booster: lgb.Booster) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per tree: the features it splits on and, per leaf, what the path to that leaf
     credits each of them (see ``LikelihoodModel._tree_contributions``)."""
     tables = []
@@ -157,7 +157,7 @@ def _path_tables(booster: lgb.Booster, n_features: int
                 step[feature] = step.get(feature, 0.0) + child_value - value
                 stack.append((child, step))
         features = np.array(sorted({f for c in paths.values() for f in c}), dtype=np.int64)
-        table = np.zeros((len(features), max(paths) + 1))  # feature × leaf
+        table = np.zeros((len(features), max(paths) + 1), dtype=np.float32)  # feature × leaf
         for leaf, credit in paths.items():
             for f, v in credit.items():
                 table[int(np.searchsorted(features, f)), leaf] = v
@@ -187,20 +187,47 @@ class LikelihoodModel:
 
     # -- features ------------------------------------------------------------------------
 
+    def _memo(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """Per-frame results shared by the calls scoring makes on one frame (raw score,
+        probability, contributions): the BG/NBD columns, the feature matrices and the
+        raw score. Held for the last frame only (a frame changed in place between calls
+        would be served stale results), cleared by ``fit`` and never pickled."""
+        memo = self.__dict__.get("_last")
+        if memo is None or memo[0]() is not frame or memo[1] != frame.shape:
+            memo = (weakref.ref(frame), frame.shape, {})
+            self.__dict__["_last"] = memo
+        return memo[2]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_last", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # artifacts pickled before these attributes existed: plain LightGBM / logistic
+        self.__dict__.update(state)
+        self.__dict__.setdefault("linear_base", False)
+        self.__dict__.setdefault("form_", "raw")
+        if "feature_names_" in state:
+            cats = self.feature_spec.categorical_columns()
+            self.__dict__.setdefault("categories_", {k: list(v) for k, v in cats.items()})
+            self.__dict__.setdefault("numeric_", [c for c in self.feature_names_
+                                                  if c not in self.categories_])
+
+    def _bg(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        memo = self._memo(frame)
+        if "bg" not in memo:
+            memo["bg"] = self.bg_.columns(frame)
+        return memo["bg"]
+
     def _column(self, frame: pd.DataFrame, name: str, bg: dict[str, np.ndarray]
                 ) -> np.ndarray | pd.Series:
         return bg[name] if name in bg else frame[name]
 
-    def _matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The model's feature columns (BG/NBD summaries added), as a new frame."""
-        bg = self.bg_.columns(frame)
-        return pd.DataFrame({c: self._column(frame, c, bg) for c in self.feature_names_},
-                            index=frame.index)
-
     def _lgb_matrix(self, frame: pd.DataFrame) -> np.ndarray:
         """float32 matrix in ``feature_names_`` order; categories as their codes (NaN
         when missing or unknown), the codes of the categories the feature spec lists."""
-        bg = self.bg_.columns(frame)
+        bg = self._bg(frame)
         out = np.empty((len(frame), len(self.feature_names_)), dtype=np.float32)
         for j, name in enumerate(self.feature_names_):
             col = self._column(frame, name, bg)
@@ -216,8 +243,8 @@ class LikelihoodModel:
 
     def _raw_numeric(self, frame: pd.DataFrame) -> np.ndarray:
         """float64 matrix of the numeric features, NaN where missing."""
-        bg = self.bg_.columns(frame)
-        values = np.empty((len(frame), len(self.numeric_)), dtype=float)
+        bg = self._bg(frame)
+        values = np.empty((len(frame), len(self.numeric_)), dtype=float, order="F")
         for j, name in enumerate(self.numeric_):
             col = self._column(frame, name, bg)
             values[:, j] = col.to_numpy(dtype=float, na_value=np.nan) \
@@ -253,6 +280,7 @@ class LikelihoodModel:
              y_stop: np.ndarray, cal: pd.DataFrame, y_cal: np.ndarray,
              extra: pd.DataFrame | None, y_extra: np.ndarray | None,
              bg: BgNbdFeatures | None) -> LikelihoodModel:
+        self.__dict__.pop("_last", None)
         self.feature_names_ = self.feature_spec.columns()
         self.categories_ = {k: list(v) for k, v in
                             self.feature_spec.categorical_columns().items()}
@@ -271,6 +299,7 @@ class LikelihoodModel:
                                y_full)
         elif self.kind == "logistic":
             self._fit_logistic(full, y_full)
+        self.__dict__.pop("_last", None)
         self.calibrator_ = Calibrator(method=self.calibration).fit(self.raw_score(cal), y_cal)
         return self
 
@@ -310,7 +339,7 @@ class LikelihoodModel:
                                         self.num_threads), **(self.params or {})}
             init_full = None
             if self.linear_base:
-                self._fit_logistic(full, y_full)
+                self._fit_logistic(full, y_full, warm=True)
                 init_full = self._linear(full)
             self.booster_ = self._boost(self._lgb_matrix(full), y_full, init_full,
                                         self.rounds_, params)
@@ -318,8 +347,13 @@ class LikelihoodModel:
             self.rounds_ = self.best_iteration_
             self.booster_ = booster
         self.params_ = params
+        self.paths_ = _path_tables(self.booster_)
 
-    def _fit_logistic(self, train: pd.DataFrame, y: np.ndarray) -> None:
+    def _fit_logistic(self, train: pd.DataFrame, y: np.ndarray, warm: bool = False) -> None:
+        """L2 logistic regression on the standardised numeric features; ``warm`` starts
+        from the current fit (the same model on fewer rows), re-expressed in the new
+        standardisation, which saves most of the solver's iterations."""
+        previous = (self.linear_, self.mean_, self.scale_) if warm else None
         values = self._raw_numeric(train)
         with warnings.catch_warnings():  # an all-empty column just gets 0
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -330,15 +364,17 @@ class LikelihoodModel:
         self.scale_ = np.where(std > 0, std, 1.0)
         values -= self.mean_
         values /= self.scale_
-        self.linear_ = LogisticRegression(C=1.0, max_iter=2000, random_state=self.seed)
+        self.linear_ = LogisticRegression(C=1.0, max_iter=2000, random_state=self.seed,
+                                          warm_start=previous is not None)
+        if previous is not None:
+            old, old_mean, old_scale = previous
+            w = old.coef_[0] / old_scale
+            self.linear_.coef_ = (w * self.scale_)[None, :]
+            self.linear_.intercept_ = old.intercept_ + np.array([w @ (self.mean_ - old_mean)])
         self.linear_.fit(values, y)
 
     def _linear(self, frame: pd.DataFrame) -> np.ndarray:
         return self.linear_.decision_function(self._numeric(frame))
-
-    def _linear_contributions(self, frame: pd.DataFrame) -> np.ndarray:
-        """coefficient × standardised value, per numeric feature."""
-        return self._numeric(frame) * self.linear_.coef_[0]
 
     def training_summary(self) -> dict[str, Any]:
         if self.kind != "lightgbm":
@@ -352,14 +388,37 @@ class LikelihoodModel:
     # -- prediction ----------------------------------------------------------------------
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
+        with threadpool_limits(self.num_threads):
+            memo = self._memo(frame)
+            if "raw" not in memo:
+                memo["raw"] = self._raw_score(frame)
+            return memo["raw"].copy()
+
+    def _pred_x(self, frame: pd.DataFrame) -> np.ndarray:
+        """``_lgb_matrix`` of a frame being predicted, kept for the next call on it."""
+        memo = self._memo(frame)
+        if "x" not in memo:
+            memo["x"] = self._lgb_matrix(frame)
+        return memo["x"]
+
+    def _pred_z(self, frame: pd.DataFrame) -> np.ndarray:
+        """``_numeric`` of a frame being predicted, kept for the next call on it."""
+        memo = self._memo(frame)
+        if "z" not in memo:
+            memo["z"] = self._numeric(frame)
+        return memo["z"]
+
+    def _raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         if self.kind == "lightgbm":
-            raw = self.booster_.predict(self._lgb_matrix(frame), raw_score=True,
-                                        num_threads=self.num_threads)
+            raw = np.zeros(len(frame))
+            if len(frame):
+                raw += self.booster_.predict(self._pred_x(frame), raw_score=True,
+                                             num_threads=self.num_threads)
             if self.linear_base:
-                raw = raw + self._linear(frame)
+                raw += self.linear_.decision_function(self._pred_z(frame))
             return raw
         if self.kind == "logistic":
-            return self._linear(frame)
+            return self.linear_.decision_function(self._pred_z(frame))
         return self.bg_.p_at_least_one(frame)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
@@ -367,35 +426,38 @@ class LikelihoodModel:
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-user additive contributions to the raw score, one column per feature."""
-        if self.kind == "lightgbm":
-            contrib = self._tree_contributions(self._lgb_matrix(frame))
-            if self.linear_base:
-                idx = [self.feature_names_.index(c) for c in self.numeric_]
-                contrib[:, idx] += self._linear_contributions(frame)
-            return pd.DataFrame(contrib, index=frame.index, columns=self.feature_names_)
-        if self.kind == "logistic":
-            return pd.DataFrame(self._linear_contributions(frame), index=frame.index,
-                                columns=self.numeric_)
-        return pd.DataFrame({"bgnbd_expected": self.bg_.columns(frame)["bgnbd_expected"]},
-                            index=frame.index)
+        with threadpool_limits(self.num_threads):
+            if self.kind == "lightgbm":
+                contrib = self._tree_contributions(self._pred_x(frame))
+                if self.linear_base:
+                    idx = [self.feature_names_.index(c) for c in self.numeric_]
+                    contrib[:, idx] += self._pred_z(frame) * self.linear_.coef_[0]
+                return pd.DataFrame(contrib, index=frame.index, columns=self.feature_names_)
+            if self.kind == "logistic":
+                return pd.DataFrame(self._pred_z(frame) * self.linear_.coef_[0],
+                                    index=frame.index, columns=self.numeric_)
+            return pd.DataFrame({"bgnbd_expected": self._bg(frame)["bgnbd_expected"]},
+                                index=frame.index)
 
-    def _tree_contributions(self, x: np.ndarray) -> np.ndarray:
+    def _tree_contributions(self, x: np.ndarray, chunk: int = 200_000) -> np.ndarray:
         """Path ("Saabas") attributions: along each tree's decision path, every split
         credits its feature with the change in the node's expected output. Additive like
-        TreeSHAP (they sum to the raw score less the trees' mean output) but a table
+        TreeSHAP (they sum to the raw score less the trees' mean output), but a table
         look-up per tree and leaf, where LightGBM's TreeSHAP (``pred_contrib``) costs
-        about a millisecond per user: 15 minutes for a million users."""
+        about a millisecond per user: many minutes for a million users."""
         paths = getattr(self, "paths_", None)
         if paths is None:
-            paths = self.paths_ = _path_tables(self.booster_, len(self.feature_names_))
+            paths = self.paths_ = _path_tables(self.booster_)
         # feature-major, so every update is a contiguous row
-        out = np.zeros((len(self.feature_names_), len(x)), dtype=np.float64)
-        if len(x):
-            leaves = self.booster_.predict(x, pred_leaf=True, num_threads=self.num_threads)
-            leaves = np.asarray(leaves, dtype=np.intp).reshape(len(x), -1).T.copy()
+        out = np.zeros((len(self.feature_names_), len(x)), dtype=np.float32)
+        for start in range(0, len(x), chunk):
+            part = out[:, start:start + chunk]
+            leaves = self.booster_.predict(x[start:start + chunk], pred_leaf=True,
+                                           num_threads=self.num_threads)
+            leaves = np.asarray(leaves, dtype=np.intp).reshape(len(part[0]), -1).T.copy()
             for t, (features, table) in enumerate(paths):
                 for j, f in enumerate(features):
-                    out[f] += table[j].take(leaves[t])
+                    part[f] += table[j].take(leaves[t])
         return out.T
 
     def drivers(self, frame: pd.DataFrame, top: int = 15) -> list[dict[str, Any]]:

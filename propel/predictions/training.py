@@ -17,9 +17,9 @@ before the newest training date and stops on that newest date; then it is refitt
 all training dates with the number of rounds found. The baselines learn from all
 training dates too.
 
-Large accounts: when an account has more than ``TRAIN_EVENTS`` events, training reads
-a fixed random sample of users (by a hash of the resolved identity, so a user's events
-stay together), materialised once and shared by all snapshots.
+Large accounts: when events × snapshots exceed ``SCAN_BUDGET``, training reads a fixed
+random sample of users (by a hash of the resolved identity, so a user's events stay
+together), materialised once and shared by all snapshots.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from propel.predictions.features import (
     labels,
     register_aliases,
 )
-from propel.predictions.model import LikelihoodModel
+from propel.predictions.model import BgNbdFeatures, LikelihoodModel
 from propel.predictions.registry import ModelVersion, Prediction
 from propel.predictions.spec import PredictionSpec
 from propel.profiles.tables import identity_aliases
@@ -52,11 +52,13 @@ from propel.profiles.tables import identity_aliases
 log = logging.getLogger("propel.predictions")
 MIN_POSITIVES = 50
 MIN_EVAL_POSITIVES = 10
-MAX_SNAPSHOTS = 12  # training dates, besides the validation date
+MAX_SNAPSHOTS = 24  # training dates, besides the validation date
 STEP_DAYS = 7
 MIN_HISTORY_DAYS = 21
 MAX_USERS_PER_SNAPSHOT = 250_000
-TRAIN_EVENTS = 12_000_000  # above this many events, training reads a sample of users
+# Each snapshot's feature query reads the events before its date: above this many
+# events × snapshots, training reads a random sample of users (bounds training time).
+SCAN_BUDGET = 40_000_000
 INNER_STOP_SHARE = 0.2  # users that decide early stopping when there is no older date
 
 
@@ -170,13 +172,14 @@ def _sample(frame: pd.DataFrame, salt: str) -> pd.DataFrame:
     return frame[keep]
 
 
-def sample_users(con: Any, events: int, seed: int, budget: int = TRAIN_EVENTS) -> float:
+def sample_users(con: Any, events: int, snapshots: int, seed: int,
+                 budget: int = SCAN_BUDGET) -> float:
     """Replace the ``events`` view by the events of a random share of users (all their
-    events, resolved through aliases) when there are more than ``budget``; returns the
-    share kept. Materialised once, so each snapshot scans only the sample."""
-    if events <= budget:
+    events, resolved through aliases) when ``events × snapshots`` is above ``budget``;
+    returns the share kept. Materialised once, so each snapshot scans only the sample."""
+    if events * snapshots <= budget:
         return 1.0
-    share = budget / events
+    share = budget / (events * snapshots)
     cut = int(share * 1_000_000)
     con.execute(f"""
       CREATE TEMP TABLE _training_events AS
@@ -230,7 +233,7 @@ def train_prediction(propel: Propel, prediction: Prediction, *, as_of: datetime 
                 f"needs at least {need} days of events before {end.date()} to build a "
                 f"training and a validation snapshot; found {(end - first).days} days "
                 f"({first.date()} … {last.date()})")
-        share = sample_users(con, n_events, seed)
+        share = sample_users(con, n_events, len(plan.dates), seed)
         if share < 1:
             say(f"sampling {share:.1%} of users ({n_events:,} events)")
         feature_spec = choose_feature_spec(con, spec, plan.validate)
@@ -290,21 +293,31 @@ def fit_candidates(spec: PredictionSpec, feature_spec: FeatureSpec, plan: Plan,
     }
     models: dict[str, LikelihoodModel] = {}
     reports: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    # BG/NBD is fitted once on every training row's goal history and shared: its two
+    # summaries are features of the other candidates and its own answer the third
+    newest = by_date[plan.stop]
+    bg = BgNbdFeatures(spec.window_days).fit(newest.frame)
+    seconds["bgnbd_fit"] = round(time.perf_counter() - started, 2)
     for kind in ("lightgbm", "logistic", "bgnbd"):
         if say:
             say(f"training {kind}")
+        started = time.perf_counter()
         try:
             model = LikelihoodModel(kind, feature_spec, spec.window_days, seed=seed,
                                     **(options or {}).get(kind, {})).fit(
                 inner[0], inner[1], stop[0], stop[1], cal[0], cal[1],
-                extra=extra[0], y_extra=extra[1])
+                extra=extra[0], y_extra=extra[1], bg=bg)
         except ValueError as exc:  # a baseline that cannot fit here is reported, not fatal
             reports[kind] = {"error": str(exc)}
             continue
         models[kind] = model
         reports[kind] = quality.quality_report(evaluation[1], model.predict_proba(evaluation[0]))
+        seconds[kind] = round(time.perf_counter() - started, 2)
         if kind == "lightgbm":
             training["lightgbm"] = model.training_summary()
+    training["fit_seconds"] = seconds
     return Candidates(models, reports, evaluation, cal, training)
 
 
@@ -400,7 +413,8 @@ def _decide(models: dict[str, LikelihoodModel], reports: dict[str, dict[str, Any
 
 def _groups(prediction: Prediction, raw: np.ndarray, prob: np.ndarray, keys: pd.Index
             ) -> np.ndarray:
-    g = prediction.spec.groups
-    if g.mode == "probability":
-        return quality.assign_groups_by_threshold(prob, g.high, g.medium)
-    return quality.assign_groups(raw, np.asarray(keys, dtype=str), g.high, g.medium)
+    """The groups scoring would give (``scoring.assign``): by rank of the raw score
+    turned to rise with the probability (BG/NBD's raw score for an absent goal falls)."""
+    from propel.predictions.scoring import assign  # scoring imports this module
+
+    return assign(prediction, raw, prob, keys)
