@@ -5,7 +5,17 @@
     .venv/bin/python benchmarks/bench_predictions.py quality            # the quality table
     .venv/bin/python benchmarks/bench_predictions.py quality --sets demo-5k,cdnow-28
 
-(filled in below)
+``speed``: per size, a fresh data dir with a SyntheticApp shop (events written to
+Parquet in time order and loaded with bulk import, profile-change records written to
+the lake as ingest stores them), then *Predict Conversions* trained and scored as of the
+data's end, each phase in a child process so its peak memory (VmHWM) is its own; prints
+the time of each part and checks the targets at the largest size (scoring <= 60 s,
+training <= 180 s, peak <= 4 GiB). ``--data DIR`` keeps the data dirs for re-runs.
+
+``quality``: per data set (``demo-5k``, ``syn-<N>k-s<seed>[-variant]``,
+``cdnow-<window>[-all]``, see ``data_set``), the training pipeline's own steps, then
+AUC / log loss of LightGBM, logistic regression and BG/NBD on the validation users and
+on a forward window the pipeline never saw, as a Markdown table.
 """
 
 from __future__ import annotations

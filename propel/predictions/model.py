@@ -34,7 +34,6 @@ from propel.predictions.features import FeatureSpec
 
 KINDS = ("lightgbm", "logistic", "bgnbd")
 BG_COLUMNS = ("_bg_x", "_bg_tx", "_bg_T")
-BG_FEATURES = ("bgnbd_expected", "bgnbd_p_alive")
 
 
 class BgNbdFeatures:
@@ -119,10 +118,10 @@ class Calibrator:
         return self.model_.predict_proba(raw.reshape(-1, 1))[:, 1]
 
 
-def lightgbm_params(rows: int, positives: int, seed: int = 7, num_threads: int = 1
-                    ) -> dict[str, Any]:
-    """Regularisation scaled to the data: leaves need enough rows (and positives) to
-    estimate a rate, trees stay shallow on small data."""
+def lightgbm_params(rows: int, seed: int = 7, num_threads: int = 1) -> dict[str, Any]:
+    """Regularisation scaled to the data: a leaf needs enough rows to estimate a rate
+    (``min_data_in_leaf`` about rows / 400), and trees stay small on small data
+    (``num_leaves`` about rows / 2,000, 7 to 31)."""
     min_leaf = int(np.clip(rows / 400, 20, 400))
     leaves = int(np.clip(2 ** round(math.log2(max(rows, 1) / 2000)) - 1, 7, 31))
     return {
@@ -135,11 +134,12 @@ def lightgbm_params(rows: int, positives: int, seed: int = 7, num_threads: int =
     }
 
 
-def _path_tables(booster: lgb.Booster) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per tree: the features it splits on and, per leaf, what the path to that leaf
-    credits each of them (see ``LikelihoodModel._tree_contributions``)."""
+def _path_tables(booster: lgb.Booster, trees: int | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per tree (the first ``trees``): the features it splits on and, per leaf, what the
+    path to that leaf credits each of them (see ``LikelihoodModel._tree_contributions``)."""
     tables = []
-    for tree in booster.dump_model()["tree_info"]:
+    for tree in booster.dump_model(num_iteration=trees)["tree_info"]:
         root = tree["tree_structure"]
         paths: dict[int, dict[int, float]] = {}
         stack = [(root, {})]
@@ -318,7 +318,7 @@ class LikelihoodModel:
 
     def _fit_lightgbm(self, train: pd.DataFrame, y: np.ndarray, stop: pd.DataFrame,
                       y_stop: np.ndarray, full: pd.DataFrame, y_full: np.ndarray) -> None:
-        params = lightgbm_params(len(y), int(y.sum()), self.seed, self.num_threads)
+        params = lightgbm_params(len(y), self.seed, self.num_threads)
         params.update(self.params or {})
         x, x_stop = self._lgb_matrix(train), self._lgb_matrix(stop)
         init = init_stop = None
@@ -335,8 +335,8 @@ class LikelihoodModel:
             # The same number of rounds on more rows: a little more room, as the
             # optimum grows with the data.
             self.rounds_ = max(1, round(self.best_iteration_ * (len(y_full) / len(y)) ** 0.5))
-            params = {**lightgbm_params(len(y_full), int(y_full.sum()), self.seed,
-                                        self.num_threads), **(self.params or {})}
+            params = {**lightgbm_params(len(y_full), self.seed, self.num_threads),
+                      **(self.params or {})}
             init_full = None
             if self.linear_base:
                 self._fit_logistic(full, y_full, warm=True)
@@ -347,7 +347,8 @@ class LikelihoodModel:
             self.rounds_ = self.best_iteration_
             self.booster_ = booster
         self.params_ = params
-        self.paths_ = _path_tables(self.booster_)
+        self.n_trees_ = self.rounds_  # the early-stopped booster also holds later trees
+        self.paths_ = _path_tables(self.booster_, self.n_trees_)
 
     def _fit_logistic(self, train: pd.DataFrame, y: np.ndarray, warm: bool = False) -> None:
         """L2 logistic regression on the standardised numeric features; ``warm`` starts
@@ -394,6 +395,11 @@ class LikelihoodModel:
                 memo["raw"] = self._raw_score(frame)
             return memo["raw"].copy()
 
+    def _trees(self) -> int | None:
+        """How many of the booster's trees the model uses (artifacts from before
+        ``n_trees_`` used the early-stopping best iteration)."""
+        return getattr(self, "n_trees_", getattr(self, "best_iteration_", None))
+
     def _pred_x(self, frame: pd.DataFrame) -> np.ndarray:
         """``_lgb_matrix`` of a frame being predicted, kept for the next call on it."""
         memo = self._memo(frame)
@@ -413,6 +419,7 @@ class LikelihoodModel:
             raw = np.zeros(len(frame))
             if len(frame):
                 raw += self.booster_.predict(self._pred_x(frame), raw_score=True,
+                                             num_iteration=self._trees(),
                                              num_threads=self.num_threads)
             if self.linear_base:
                 raw += self.linear_.decision_function(self._pred_z(frame))
@@ -447,12 +454,13 @@ class LikelihoodModel:
         about a millisecond per user: many minutes for a million users."""
         paths = getattr(self, "paths_", None)
         if paths is None:
-            paths = self.paths_ = _path_tables(self.booster_)
+            paths = self.paths_ = _path_tables(self.booster_, self._trees())
         # feature-major, so every update is a contiguous row
         out = np.zeros((len(self.feature_names_), len(x)), dtype=np.float32)
         for start in range(0, len(x), chunk):
             part = out[:, start:start + chunk]
             leaves = self.booster_.predict(x[start:start + chunk], pred_leaf=True,
+                                           num_iteration=self._trees(),
                                            num_threads=self.num_threads)
             leaves = np.asarray(leaves, dtype=np.intp).reshape(len(part[0]), -1).T.copy()
             for t, (features, table) in enumerate(paths):
