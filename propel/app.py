@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from propel import __version__
+from propel import __version__, web
 from propel.api import campaigns, errors, inbox, predictions, v1
 from propel.api.auth import propel_of
 from propel.campaigns import tracking
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
     app.include_router(segment.router)
     app.include_router(clevertap.router)
     app.include_router(clevertap_targets.router)
+    web.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _ops_routes(app)
     _access_log(app)

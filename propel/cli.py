@@ -20,11 +20,13 @@ app = typer.Typer(help="Propel: predictive engagement, self-hosted.", no_args_is
 db_app = typer.Typer(help="Operational database.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Accounts (tenants).", no_args_is_help=True)
 keys_app = typer.Typer(help="Server API keys for /api/v1.", no_args_is_help=True)
+users_app = typer.Typer(help="Dashboard users (sign-in, roles).", no_args_is_help=True)
 rejections_app = typer.Typer(help="Records refused by ingest.", no_args_is_help=True)
 import_app = typer.Typer(help="Bulk import straight into the lake.", no_args_is_help=True)
 events_app = typer.Typer(help="Events in the lake.", no_args_is_help=True)
 lake_app = typer.Typer(help="Event lake maintenance.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (accounts_app, "accounts"), (keys_app, "keys"),
+                  (users_app, "users"),
                   (rejections_app, "rejections"), (import_app, "import"),
                   (events_app, "events"), (lake_app, "lake")):
     app.add_typer(sub, name=name)
@@ -83,7 +85,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     configure_logging(settings.log_format)
     propel = _propel()
     application = create_app(propel=propel, background=background)
-    err.print(f"Propel listening on http://{host}:{port}  (API docs: /docs)")
+    err.print(f"Propel listening on http://{host}:{port}  (dashboard: /, API docs: /docs)")
+    from propel.accounts.users import count_users
+
+    if count_users(propel.db) == 0:
+        err.print("No dashboard users yet: create one with `propel users create "
+                  "you@example.com --role admin --account ID` (`propel accounts list` "
+                  "shows the ids), then sign in.")
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
 
 
@@ -194,6 +202,42 @@ def keys_list(account: AccountOpt = None) -> None:
     for key in list_api_keys(propel.db, _account(propel, account)):
         table.add_row(key.id, key.name, key.created_at.isoformat(timespec="seconds"),
                       key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "")
+    console.print(table)
+
+
+@users_app.command("create")
+def users_create(
+    email: str,
+    role: str = typer.Option("marketer", help="viewer, marketer or admin."),
+    account: AccountOpt = None,
+    password_stdin: bool = typer.Option(False, "--password-stdin",
+                                        help="Read the password from standard input."),
+) -> None:
+    """Create a dashboard user; asks for the password (or reads it from stdin)."""
+    from propel.accounts.users import create_user
+
+    propel = _propel()
+    account_id = _account(propel, account)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = create_user(propel.db, account_id, email, password, role)
+    except (ValueError, LookupError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"created {user.role} {user.email} in account {account_id}")
+
+
+@users_app.command("list")
+def users_list(account: AccountOpt = None) -> None:
+    from propel.accounts.users import list_users
+
+    propel = _propel()
+    table = Table("email", "role", "created")
+    for user in list_users(propel.db, _account(propel, account)):
+        table.add_row(user.email, user.role, user.created_at.isoformat(timespec="seconds"))
     console.print(table)
 
 

@@ -24,7 +24,7 @@ from propel.app import create_app
 from propel.core import Propel
 from propel.settings import Settings
 
-pytest_plugins = ["peers.fixtures"]
+pytest_plugins = ["peers.fixtures", "web_fixtures"]
 
 PG_URL = os.environ.get("PROPEL_TEST_POSTGRES_URL")
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
