@@ -218,16 +218,38 @@ def users_create(
 
     propel = _propel()
     account_id = _account(propel, account)
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _read_password(password_stdin)
     try:
         user = create_user(propel.db, account_id, email, password, role)
     except (ValueError, LookupError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     console.print(f"created {user.role} {user.email} in account {account_id}")
+
+
+@users_app.command("set-password")
+def users_set_password(
+    email: str,
+    password_stdin: bool = typer.Option(False, "--password-stdin",
+                                        help="Read the password from standard input."),
+) -> None:
+    """Set a dashboard user's password; their open sessions end."""
+    from propel.accounts.users import set_password
+
+    propel = _propel()
+    password = _read_password(password_stdin)
+    try:
+        set_password(propel.db, email, password)
+    except (ValueError, LookupError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"password set for {email}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
 @users_app.command("list")

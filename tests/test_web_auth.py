@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 from web_fixtures import PASSWORD
 
-from propel.accounts.users import SignInError, create_user, sign_in
+from propel.accounts.users import SignInError, create_user, session_for, sign_in
 from propel.cli import app as cli
 
 
@@ -122,3 +122,17 @@ def test_cli_creates_a_user_from_stdin_and_refuses_duplicates(shop, monkeypatch)
 def test_first_run_login_page_tells_how_to_create_a_user(client):
     page = client.get("/login")
     assert "propel users create" in page.text
+
+
+def test_demo_admin_gets_a_fresh_password_on_every_run_and_old_sessions_end(shop):
+    from propel.demo.run import demo_admin
+
+    email, first = demo_admin(shop.propel, shop.account_id)
+    session = sign_in(shop.propel.db, email, first, "demo")
+    assert session.user.role == "admin" and session.user.account_id == shop.account_id
+    again, second = demo_admin(shop.propel, shop.account_id)
+    assert again == email and second != first
+    assert session_for(shop.propel.db, session.token) is None
+    with pytest.raises(SignInError):
+        sign_in(shop.propel.db, email, first, "demo")
+    assert sign_in(shop.propel.db, email, second, "demo").user.email == email

@@ -86,6 +86,25 @@ def create_user(db: Database, account_id: str, email: str, password: str,
     return user
 
 
+def set_password(db: Database, email: str, password: str) -> None:
+    """A new password; the user's open sessions end."""
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"password must be at least {MIN_PASSWORD} characters")
+    email = email.strip().lower()
+    password_hash = _hasher.hash(password)
+
+    def _update(conn: Connection) -> None:
+        user_id = conn.execute(select(dashboard_users.c.id).where(
+            dashboard_users.c.email == email)).scalar()
+        if user_id is None:
+            raise LookupError(f"no dashboard user {email!r}")
+        conn.execute(update(dashboard_users).where(dashboard_users.c.id == user_id).values(
+            password_hash=password_hash))
+        conn.execute(delete(dashboard_sessions).where(dashboard_sessions.c.user_id == user_id))
+
+    db.write(_update)
+
+
 def list_users(db: Database, account_id: str) -> list[DashboardUser]:
     with db.read() as conn:
         rows = conn.execute(select(*_user_columns()).where(

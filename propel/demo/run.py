@@ -3,6 +3,7 @@ APIs, so the rest of Propel (predictions, engagement) has realistic data to work
 
 from __future__ import annotations
 
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from propel.lake.flush import flush_batches
 from propel.lake.reader import snapshot
 
 DEMO_ACCOUNT = "Propel Demo Shop"
+DEMO_ADMIN = "admin@demo.propel.example"
 BATCH = 5000
 
 
@@ -109,9 +111,24 @@ def run_demo(propel: Propel, *, users: int, days: int, seed: int, account_id: st
     from propel.demo.engage import engage_demo
 
     engage_demo(propel, account_id, prediction, app.traits(users), seed, console)
-    console.print(f"Done in {time.perf_counter() - started:.1f}s. Next: [bold]propel serve[/] "
-                  "and open http://127.0.0.1:8000/docs")
+    email, password = demo_admin(propel, account_id)
+    console.print(f"Done in {time.perf_counter() - started:.1f}s. Next: [bold]make serve[/] "
+                  "(or `propel serve`), open [bold]http://127.0.0.1:8000/[/] and sign in as "
+                  f"[bold]{email}[/] with password [bold]{password}[/] (new on every demo "
+                  "run). API reference: http://127.0.0.1:8000/docs")
     return account_id
+
+
+def demo_admin(propel: Propel, account_id: str) -> tuple[str, str]:
+    """The demo account's dashboard admin, with a fresh random password."""
+    from propel.accounts.users import create_user, set_password
+
+    email, password = DEMO_ADMIN, secrets.token_urlsafe(12)
+    try:
+        set_password(propel.db, email, password)
+    except LookupError:
+        create_user(propel.db, account_id, email, password, "admin")
+    return email, password
 
 
 def predict_conversions(propel: Propel, account_id: str, console: Console) -> Any:
