@@ -541,6 +541,41 @@ def test_the_group_is_a_profile_property(world: World) -> None:
     assert props["Predict Conversions score"] == round(100 * scores.at[top, "probability"], 1)
 
 
+def test_scores_are_written_in_batches_and_a_crash_between_them_loses_nothing(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    prediction = conversions(world)
+    # as-of times of its own: the world is shared with the tests above
+    earlier, later = END - timedelta(days=5), END - timedelta(hours=3)
+    preds.score(world.propel, world.account_id, prediction.id, as_of=earlier)
+    old = current_scores(world, prediction.id)
+    monkeypatch.setattr(scoring, "SCORE_BATCH", 25)
+    real, calls = scoring._upsert_scores, []
+
+    def crash_on_third_batch(conn, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("worker died")
+        return real(conn, *args)
+
+    monkeypatch.setattr(scoring, "_upsert_scores", crash_on_third_batch)
+    with pytest.raises(RuntimeError):
+        preds.score(world.propel, world.account_id, prediction.id, as_of=later)
+    partial = current_scores(world, prediction.id)
+    # two batches written, the rest still the old scores; stale rows not yet removed
+    assert set(old.index) <= set(partial.index)
+    assert len(set(partial.index) - set(old.index)) <= 2 * 25
+    monkeypatch.setattr(scoring, "_upsert_scores", real)
+    result = preds.score(world.propel, world.account_id, prediction.id, as_of=later)
+    assert len(calls) == 3 and result.rows > 3 * 25
+    new = current_scores(world, prediction.id)
+    both = old.index.intersection(new.index)
+    expected = sorted((u, old.at[u, "grp"], new.at[u, "grp"]) for u in both
+                      if old.at[u, "grp"] != new.at[u, "grp"])
+    # every change emitted exactly once across the crashed run and the re-run
+    assert sorted(_likelihood_events(world, prediction.id, later)) == expected
+    assert set(new.index) == set(both) | (set(new.index) - set(old.index))
+
+
 def test_a_failed_scoring_run_is_recorded(world: World) -> None:
     prediction = conversions(world)
     version = registry.get_version(world.propel.db, prediction.id, prediction.current_version)

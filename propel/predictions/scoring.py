@@ -34,6 +34,7 @@ from propel.predictions.training import load_aliases
 log = logging.getLogger("propel.predictions")
 LIKELIHOOD_CHANGED = "Likelihood Changed"
 GROUPS = ("High", "Medium", "Low")
+SCORE_BATCH = 5_000  # rows per write: a few hundred ms on the one SQLite writer
 _COLUMNS = ("prediction_id", "identity", "account_id", "probability", "score", "grp",
             "model_version", "scored_at", "reasons")
 
@@ -137,7 +138,7 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
              version.version, now, r)
             for ident, p, s, g, r in zip(frame.index, prob, scores, groups, reasons,
                                          strict=True)]
-    changes = propel.db.write(lambda conn: _replace_scores(conn, prediction, rows, as_of))
+    changes = _replace_scores(propel, prediction, rows, as_of, now)
     _append_history(propel, prediction, frame.index, prob, scores, groups, version.version,
                     as_of, now)
     sizes = {g: int((groups == g).sum()) for g in GROUPS}
@@ -147,21 +148,42 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
     return ScoreResult(run_id, len(rows), len(changes), sizes, rates, version.version, as_of)
 
 
-def _replace_scores(conn: Connection, prediction: Prediction, rows: list[tuple],
-                    as_of: datetime) -> list[tuple[str, str, str]]:
-    """Replace the current scores and emit ``Likelihood Changed`` for every group change,
-    in one transaction: a crash can lose neither the events nor the scores alone."""
-    prediction_id = prediction.id
-    before = dict(conn.execute(select(user_predictions.c.identity, user_predictions.c.grp).where(
-        user_predictions.c.prediction_id == prediction_id)).all())
-    conn.execute(delete(user_predictions).where(user_predictions.c.prediction_id ==
-                                                prediction_id))
+def _replace_scores(propel: Propel, prediction: Prediction, rows: list[tuple],
+                    as_of: datetime, now: datetime) -> list[tuple[str, str, str]]:
+    """Replace the current scores in batches, each batch's scores and its ``Likelihood
+    Changed`` events in one transaction: a crash can lose neither alone, and no single
+    write holds the one SQLite writer for long. A re-run after a crash emits no change
+    twice (the scores already written compare equal). Users no longer in the audience
+    (rows older than this run's stamp) go last."""
+    changes: list[tuple[str, str, str]] = []
+    for start in range(0, len(rows), SCORE_BATCH):
+        part = rows[start : start + SCORE_BATCH]
+        changes += propel.db.write(
+            lambda conn, part=part: _upsert_scores(conn, prediction, part, as_of))
+
+    def _finish(conn: Connection) -> None:
+        conn.execute(delete(user_predictions).where(
+            user_predictions.c.prediction_id == prediction.id,
+            user_predictions.c.scored_at < now))
+        conn.execute(update(predictions).where(predictions.c.id == prediction.id).values(
+            last_scored_at=utcnow(), status="scored", updated_at=utcnow()))
+
+    propel.db.write(_finish)
+    return changes
+
+
+def _upsert_scores(conn: Connection, prediction: Prediction, rows: list[tuple],
+                   as_of: datetime) -> list[tuple[str, str, str]]:
+    identities = [r[1] for r in rows]
+    where = (user_predictions.c.prediction_id == prediction.id,
+             user_predictions.c.identity.in_(identities))
+    before = dict(conn.execute(select(user_predictions.c.identity, user_predictions.c.grp)
+                               .where(*where)).all())
+    conn.execute(delete(user_predictions).where(*where))
     if conn.dialect.name == "sqlite":
         # raw driver SQL: bind the text the column type stores
         rows = [(*r[:7], db_time(conn, r[7]), r[8]) for r in rows]
     insert_many(conn, "user_predictions", _COLUMNS, rows)
-    conn.execute(update(predictions).where(predictions.c.id == prediction_id).values(
-        last_scored_at=utcnow(), status="scored", updated_at=utcnow()))
     changes = [(r[1], before[r[1]], r[5]) for r in rows
                if r[1] in before and before[r[1]] != r[5]]
     items = _change_items(prediction, changes, as_of)
