@@ -51,17 +51,7 @@ def _run(propel: Any, account: str, channel: str, content: dict) -> tuple[int, f
     started = time.perf_counter()
     dispatch_campaign(propel, account, c.id)
 
-    async def deliver() -> int:
-        engine = DeliveryEngine(propel, batch_size=1000)
-        total = 0
-        try:
-            while n := await engine.run_once():
-                total += n
-        finally:
-            await engine.aclose()
-        return total
-
-    sent = asyncio.run(deliver())
+    sent = asyncio.run(DeliveryEngine(propel, batch_size=1000).drain())
     return sent, time.perf_counter() - started
 
 

@@ -153,22 +153,10 @@ def send(campaign_id: str, account: AccountOpt = None,
             console.print(f"nothing due now (next run {c.next_run_at})")
             return
         if wait:
-            total = asyncio.run(_deliver_all(propel, DeliveryEngine(propel)))
+            total = asyncio.run(DeliveryEngine(propel).drain())
             finish_dispatches(propel)
             console.print(f"dispatch {dispatch_id}: {total:,} messages handled")
         _print_stats(propel, campaign_id)
-
-
-async def _deliver_all(propel: Any, engine: Any) -> int:
-    total = 0
-    try:
-        while True:
-            n = await engine.run_once()
-            if not n:
-                return total
-            total += n
-    finally:
-        await engine.aclose()
 
 
 @campaigns_app.command("stop")

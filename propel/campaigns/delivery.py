@@ -280,6 +280,17 @@ class DeliveryEngine:
             await self._send_group(account_id, channel_name, batch, now)
         return len(claimed) + decided
 
+    async def drain(self, now: datetime | None = None) -> int:
+        """Handle batches until nothing is due, then close the channels; returns how many
+        messages moved. For commands and tests; the server runs ``DeliveryThread``."""
+        total = 0
+        try:
+            while moved := await self.run_once(now):
+                total += moved
+        finally:
+            await self.aclose()
+        return total
+
     async def _send_group(self, account_id: str, channel_name: str, batch: list[Claimed],
                           now: datetime) -> None:
         from propel.campaigns.compose import compose

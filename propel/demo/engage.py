@@ -94,17 +94,7 @@ def _configure(propel: Propel, account_id: str, sinks: _Sinks) -> None:
 
 
 def _deliver(propel: Propel) -> int:
-    async def run() -> int:
-        engine = DeliveryEngine(propel)
-        total = 0
-        try:
-            while n := await engine.run_once():
-                total += n
-        finally:
-            await engine.aclose()
-        return total
-
-    return asyncio.run(run())
+    return asyncio.run(DeliveryEngine(propel).drain())
 
 
 def _simulate(propel: Propel, account_id: str, campaign_ids: list[str], traits: Any,
