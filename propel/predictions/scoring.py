@@ -251,16 +251,6 @@ def current_scores(propel: Propel, account_id: str, identity: str) -> list[dict[
             for r in rows]
 
 
-def profile_properties(propel: Propel, account_id: str, identity: str) -> dict[str, Any]:
-    """Scores as profile properties: ``Predict Conversions`` = ``High`` and
-    ``Predict Conversions score`` = 87.5."""
-    props: dict[str, Any] = {}
-    for s in current_scores(propel, account_id, identity):
-        props[s["prediction"]] = s["group"]
-        props[f"{s['prediction']} score"] = s["score"]
-    return props
-
-
 def group_sizes(propel: Propel, prediction_id: str) -> dict[str, int]:
     from sqlalchemy import func
 
