@@ -268,8 +268,9 @@ async def test_webhook_posts_signed_json_with_idempotency_key(
     assert outcome.delivered and outcome.provider_ref == "req-1"
     [d] = webhook_peer.deliveries
     assert d.signature_ok and webhook_peer.bad_signatures == 0
-    # Verify independently of the peer: HMAC-SHA256 of the raw body bytes.
-    expected = hmac.new(WEBHOOK_SECRET.encode(), d.body, hashlib.sha256).hexdigest()
+    # Verify independently of the peer: HMAC-SHA256 of "<timestamp>.<raw body>".
+    signed = d.headers["x-propel-timestamp"].encode() + b"." + d.body
+    expected = hmac.new(WEBHOOK_SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert d.headers["x-propel-signature"] == f"sha256={expected}"
     assert d.headers["idempotency-key"] == "w1"
     assert d.headers["content-type"] == "application/json"
@@ -286,6 +287,26 @@ async def test_webhook_wrong_secret_is_refused_permanently(
     await channel.aclose()
     assert kind(outcome) == "failed" and "HTTP 401" in (outcome.error or "")
     assert webhook_peer.bad_signatures == 1 and len(webhook_peer.deliveries) == 1
+
+
+async def test_webhook_replayed_with_an_old_timestamp_is_refused(
+        webhook_peer: WebhookReceiver) -> None:
+    channel = webhook(webhook_peer)
+    [outcome] = await channel.send([outbound("w3")])
+    await channel.aclose()
+    assert outcome.delivered
+    [d] = webhook_peer.deliveries
+    # A replay with a newer timestamp but the captured signature fails: the timestamp is
+    # signed. A replay keeping the old timestamp fails as stale.
+    newer = str(int(d.headers["x-propel-timestamp"]) + 60)
+    assert not webhook_peer.verify(d.body, d.headers["x-propel-signature"], newer)
+    old = str(int(time.time()) - 600)
+    signed = old.encode() + b"." + d.body
+    resigned = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), signed, hashlib.sha256).hexdigest()
+    assert not webhook_peer.verify(d.body, resigned, old)
+    tampered = d.body.replace(b"user-w3", b"user-xx")
+    assert not webhook_peer.verify(tampered, d.headers["x-propel-signature"],
+                                   d.headers["x-propel-timestamp"])
 
 
 async def test_webhook_batch_reuses_pooled_connections(webhook_peer: WebhookReceiver) -> None:
@@ -311,8 +332,8 @@ async def test_webhook_retries_5xx_in_place_with_backoff(webhook_peer: WebhookRe
     assert "HTTP 500" in (outcomes[1].error or "") and "3 tries" in (outcomes[1].error or "")
     tries = webhook_peer.attempts("r1")
     assert len(tries) == 3
-    assert len({d.body for d in tries}) == 1  # same body, signature and key every time
-    assert len({d.headers["x-propel-signature"] for d in tries}) == 1
+    assert len({d.body for d in tries}) == 1  # same body and key every time, each signed
+    assert all(d.signature_ok for d in tries)
     gaps = [b.at - a.at for a, b in zip(tries, tries[1:], strict=False)]
     assert gaps[0] >= 0.09 and gaps[1] >= 0.19  # 0.1 s, then doubled
     assert webhook_peer.unique_keys == 1

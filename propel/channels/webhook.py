@@ -156,10 +156,12 @@ class WebhookConfig:
         check_http_url("webhook", "url", self.url)
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The X-Propel-Signature value for a body; receivers compute the same and compare
-    with ``hmac.compare_digest``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-Propel-Signature value: HMAC-SHA256 over ``<X-Propel-Timestamp>.<body>``.
+    Covering the timestamp lets receivers refuse replays of an old request (compare
+    with ``hmac.compare_digest`` and reject timestamps more than 5 minutes away)."""
+    signed = timestamp.encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def payload(ob: Outbound) -> bytes:
@@ -192,13 +194,13 @@ class WebhookChannel:
             body = payload(ob)
         except TypeError as exc:
             return Outcome(ob.key, delivered=False, error=f"invalid message: {exc}")
-        signature = sign(cfg.secret, body)
         outcome = Outcome(ob.key, delivered=False, retryable=True, error="not attempted")
         for attempt in range(1, cfg.max_attempts + 1):
+            timestamp = str(int(time.time()))
             headers = {
                 "Content-Type": "application/json",
-                "X-Propel-Signature": signature,
-                "X-Propel-Timestamp": str(int(time.time())),
+                "X-Propel-Signature": sign(cfg.secret, timestamp, body),
+                "X-Propel-Timestamp": timestamp,
                 "Idempotency-Key": ob.key,
             }
             wait = cfg.backoff * 2 ** (attempt - 1)

@@ -78,9 +78,16 @@ class WebhookReceiver(HttpPeer):
 
     # -- the endpoint --------------------------------------------------------------------
 
-    def verify(self, body: bytes, signature: str | None) -> bool:
-        expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-        return signature is not None and hmac.compare_digest(expected, signature)
+    def verify(self, body: bytes, signature: str | None, timestamp: str | None) -> bool:
+        """As a receiver should: the HMAC over ``timestamp.body``, and a fresh timestamp
+        (a replayed request is refused)."""
+        if not signature or not timestamp or not timestamp.isdigit():
+            return False
+        if abs(time.time() - int(timestamp)) > 300:
+            return False
+        signed = timestamp.encode() + b"." + body
+        expected = "sha256=" + hmac.new(self.secret.encode(), signed, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, signature)
 
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = Request(scope, receive)
@@ -92,7 +99,8 @@ class WebhookReceiver(HttpPeer):
             return JSONResponse({"error": "not found"}, status_code=404)
         body = await request.body()
         key = request.headers.get("idempotency-key")
-        ok = self.verify(body, request.headers.get("x-propel-signature"))
+        ok = self.verify(body, request.headers.get("x-propel-signature"),
+                         request.headers.get("x-propel-timestamp"))
         self.deliveries.append(Delivery(key, dict(request.headers), body, ok))
         if not ok:
             self.bad_signatures += 1
