@@ -393,6 +393,15 @@ def test_flushed_rows_are_deleted_only_after_the_retention(propel, tenant, crash
     flush_batches(propel.db, propel.lake)
     assert delete_flushed(propel.db, 0) == 3
     assert read_ids(propel, tenant) == once(flushed + claimed + pending)
+    # the batches' records are pruned too, all but the newest, so numbering continues
+    with propel.db.read() as conn:
+        kept = conn.execute(select(lake_batches.c.batch_no)).scalars().all()
+    assert kept == [3]
+    later = ingest(propel, tenant, ["d1"])
+    flush_batches(propel.db, propel.lake)
+    with propel.db.read() as conn:
+        assert conn.execute(select(func.max(lake_batches.c.batch_no))).scalar() == 4
+    assert read_ids(propel, tenant) == once(flushed + claimed + pending + later)
 
 
 def test_reads_stay_exact_under_concurrent_ingest_and_flush(propel, tenant):

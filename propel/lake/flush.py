@@ -198,13 +198,18 @@ def should_flush(db: Database, *, min_rows: int, max_age_seconds: float) -> bool
 
 def delete_flushed(db: Database, retention_seconds: int) -> int:
     """Drop rows whose batch has been in the lake longer than the retention; until
-    then a reader that pinned an older lake version still finds them here."""
+    then a reader that pinned an older lake version still finds them here. The batches'
+    own records go too, except the newest, which keeps batch numbers increasing."""
     cutoff = utcnow() - timedelta(seconds=retention_seconds)
 
     def _delete(conn: Connection) -> int:
         old = select(lake_batches.c.batch_no).where(lake_batches.c.flushed_at < cutoff)
-        return conn.execute(
+        deleted = conn.execute(
             delete(recent_events).where(recent_events.c.batch_no.in_(old))
         ).rowcount
+        newest = select(func.max(lake_batches.c.batch_no)).scalar_subquery()
+        conn.execute(delete(lake_batches).where(lake_batches.c.flushed_at < cutoff,
+                                                lake_batches.c.batch_no < newest))
+        return deleted
 
     return db.write(_delete)
