@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, case, func, insert, select, update
 
 from propel.db.engine import Database
 from propel.db.meta import utcnow
 from propel.predictions.model import LikelihoodModel
 from propel.predictions.spec import PredictionSpec, SpecError
-from propel.predictions.tables import model_versions, predictions
+from propel.predictions.tables import model_versions, predictions, user_predictions
 
 
 class NotFound(LookupError):
@@ -207,6 +207,36 @@ def list_versions(db: Database, prediction_id: str) -> list[ModelVersion]:
             model_versions.c.prediction_id == prediction_id).order_by(
             model_versions.c.version.desc())).all()
     return [_row_to_version(r) for r in rows]
+
+
+def score_histogram(db: Database, prediction_id: str, bins: int = 20
+                    ) -> list[dict[str, Any]]:
+    """Current scores (0-100) counted in ``bins`` equal bins between the lowest and the
+    highest score, per likelihood group, counted in the database so a large audience is
+    never loaded. Spanning the observed range rather than 0-100 keeps rare goals (all
+    scores under 10) readable. Each bin is ``[lower, upper)``, the last includes
+    ``upper``; no scores give ``[]``."""
+    score = user_predictions.c.score
+    mine = user_predictions.c.prediction_id == prediction_id
+    with db.read() as conn:
+        low, high = conn.execute(select(func.min(score), func.max(score)).where(mine)).one()
+        if low is None:
+            return []
+        low, high = float(low), float(high)
+        width = (high - low) / bins or 1.0
+        edges = [low + width * i for i in range(bins + 1)]
+        bucket = case(*[(score < edges[i], i - 1) for i in range(1, bins)],
+                      else_=bins - 1).label("bucket")
+        # grouped through a subquery: PostgreSQL would not match a bound CASE in GROUP BY
+        inner = select(bucket, user_predictions.c.grp).where(mine).subquery()
+        rows = conn.execute(select(inner.c.bucket, inner.c.grp, func.count())
+                            .group_by(inner.c.bucket, inner.c.grp)).all()
+    out = [{"lower": round(edges[i], 2), "upper": round(edges[i + 1], 2), "count": 0,
+            "groups": {}} for i in range(bins)]
+    for index, grp, count in rows:
+        out[int(index)]["count"] += int(count)
+        out[int(index)]["groups"][grp] = int(count)
+    return out
 
 
 class ArtifactError(ValueError):
