@@ -6,12 +6,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from propel.web import campaigns, engage, pages, predictions, settings_pages, users
+from propel.web import (
+    campaign_stats,
+    campaigns,
+    engage,
+    pages,
+    predictions,
+    settings_pages,
+    users,
+)
 from propel.web.auth import Forbidden, SignInRequired
 from propel.web.templating import render
 
-ROUTERS = [pages.router, predictions.router, engage.router, campaigns.router, users.router,
-           settings_pages.router]
+# The builder's /campaigns/new must come before the stats page's /campaigns/{id}.
+ROUTERS = [pages.router, predictions.router, engage.router, campaigns.router,
+           campaign_stats.router, users.router, settings_pages.router]
 # Paths that belong to machine clients keep their JSON errors.
 API_PREFIXES = ("/api/", "/v1/", "/1/", "/inbox/", "/t/", "/u/", "/openapi.json")
 
