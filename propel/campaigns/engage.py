@@ -49,10 +49,10 @@ def default_content(channel: str, subject: str, body: str) -> dict[str, Any]:
     return {"variants": [variant]}
 
 
-def engage(propel: Propel, prediction: Prediction, groups: list[str], *, channel: str,
-           per_group: bool = True, name: str | None = None,
-           holdout_pct: float = 0.10) -> list[Campaign]:
-    """Draft campaigns for ``groups`` (one per group, or one for all)."""
+def draft_fields(prediction: Prediction, groups: list[str], *, channel: str,
+                 name: str | None = None, holdout_pct: float = 0.10) -> dict[str, Any]:
+    """The fields of one draft campaign for ``groups`` (audience, content, goal and
+    strategy), not saved: what :func:`engage` creates, and what an editor starts from."""
     chosen = [g for g in GROUPS if g in groups]
     if not chosen or len(chosen) != len(set(groups)):
         raise ValueError(f"groups must be some of {', '.join(GROUPS)}")
@@ -60,17 +60,23 @@ def engage(propel: Propel, prediction: Prediction, groups: list[str], *, channel
     goal = ({"event": spec.goal_event, "where": [vars(c) for c in spec.goal_where],
              "window_hours": spec.window_days * 24}
             if spec.polarity == "desired" and not spec.goal_absent else None)
+    strategy, subject, body = STRATEGIES[spec.polarity][chosen[0]]
+    if len(chosen) > 1:
+        strategy = "; ".join(f"{g}: {STRATEGIES[spec.polarity][g][0]}" for g in chosen)
+    return {"name": name or f"{spec.name} — {'/'.join(chosen)}", "channel": channel,
+            "audience": {"property": spec.name, "op": "in", "value": chosen},
+            "content": default_content(channel, subject, body), "holdout_pct": holdout_pct,
+            "goal": goal, "prediction_id": prediction.id, "strategy": strategy}
+
+
+def engage(propel: Propel, prediction: Prediction, groups: list[str], *, channel: str,
+           per_group: bool = True, name: str | None = None,
+           holdout_pct: float = 0.10) -> list[Campaign]:
+    """Draft campaigns for ``groups`` (one per group, or one for all)."""
+    chosen = [g for g in GROUPS if g in groups]
+    if not chosen or len(chosen) != len(set(groups)):
+        raise ValueError(f"groups must be some of {', '.join(GROUPS)}")
     batches = [[g] for g in chosen] if per_group else [chosen]
-    out = []
-    for batch in batches:
-        strategy, subject, body = STRATEGIES[spec.polarity][batch[0]]
-        label = "/".join(batch)
-        if len(batch) > 1:
-            strategy = "; ".join(f"{g}: {STRATEGIES[spec.polarity][g][0]}" for g in batch)
-        out.append(create_campaign(
-            propel, prediction.account_id,
-            name=name or f"{spec.name} — {label}", channel=channel,
-            audience={"property": spec.name, "op": "in", "value": batch},
-            content=default_content(channel, subject, body), holdout_pct=holdout_pct,
-            goal=goal, prediction_id=prediction.id, strategy=strategy))
-    return out
+    return [create_campaign(propel, prediction.account_id, **draft_fields(
+        prediction, batch, channel=channel, name=name, holdout_pct=holdout_pct))
+        for batch in batches]
