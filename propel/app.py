@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from propel import __version__, web
-from propel.api import campaigns, errors, inbox, predictions, v1
+from propel.api import campaigns, errors, inbox, journeys, predictions, v1
 from propel.api.auth import propel_of
 from propel.campaigns import tracking
 from propel.compat import clevertap, clevertap_targets, segment
@@ -28,6 +28,7 @@ from propel.settings import Settings
 
 log = logging.getLogger("propel.http")
 STATIC = Path(__file__).parent / "web" / "static"
+JOURNEY_INTERVAL = 5.0  # seconds between journey engine passes (new events, due steps)
 
 
 def create_app(settings: Settings | None = None, *, propel: Propel | None = None,
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
     app.include_router(v1.router)
     app.include_router(predictions.router)
     app.include_router(campaigns.router)
+    app.include_router(journeys.router)
     app.include_router(inbox.router)
     app.include_router(tracking.router)
     app.include_router(segment.router)
@@ -161,15 +163,18 @@ def start_background(propel: Propel) -> Background:
         ensure_default_schedules,
         start_consumer,
     )
+    from propel.journeys.worker import JourneyThread
 
     ensure_default_schedules(propel)
     flusher = FlusherThread(propel)
     flusher.start()
     delivery = DeliveryThread(propel)
     delivery.start()
+    journeys = JourneyThread(propel, interval=JOURNEY_INTERVAL)
+    journeys.start()
     consumer = None
     if not propel.settings.redis_url:
         huey = create_huey(propel.settings)
         huey.propel_bind(propel)
         consumer = start_consumer(huey, propel.settings.consumer_workers)
-    return Background(flusher, delivery, consumer=consumer)
+    return Background(flusher, delivery, journeys, consumer=consumer)

@@ -110,16 +110,18 @@ def worker(threads: int = 4) -> None:
     ensure_default_schedules(propel)
     huey = create_huey(settings)
     huey.propel_bind(propel)
+    from propel.app import JOURNEY_INTERVAL
     from propel.campaigns.delivery import DeliveryThread
+    from propel.journeys.worker import JourneyThread
 
-    flusher = FlusherThread(propel)
-    flusher.start()
-    delivery = DeliveryThread(propel)
-    delivery.start()
+    loops = [FlusherThread(propel), DeliveryThread(propel),
+             JourneyThread(propel, interval=JOURNEY_INTERVAL)]
+    for loop in loops:
+        loop.start()
     consumer = huey.create_consumer(workers=threads, worker_type="thread", periodic=True)
     consumer.run()
-    delivery.stop()
-    flusher.stop()
+    for loop in loops:
+        loop.stop()
 
 
 @app.command("settings")

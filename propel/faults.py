@@ -22,6 +22,9 @@ POINTS = (
     "import.after_lake_commit",
     "deliver.after_claim",
     "deliver.after_send",
+    "journeys.after_read",
+    "journeys.before_commit",
+    "journeys.after_commit",
 )
 
 _armed: dict[str, float] = {}

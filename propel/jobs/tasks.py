@@ -61,6 +61,12 @@ def _train_prediction(propel: Propel, prediction_id: str) -> int:
     return train_task(propel, prediction_id)
 
 
+def _advance_journeys(propel: Propel) -> int:
+    from propel.journeys import advance
+
+    return advance(propel)["steps"]
+
+
 # name -> function(propel, **args); each feature registers its own.
 TASKS: dict[str, Callable[..., Any]] = {
     "lake.compact": _compact,
@@ -69,6 +75,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "lake.delete_flushed": _delete_flushed,
     "predictions.score": _score_prediction,
     "predictions.train": _train_prediction,
+    "journeys.advance": _advance_journeys,
 }
 
 DEFAULT_SCHEDULES = [
@@ -76,6 +83,7 @@ DEFAULT_SCHEDULES = [
     ("lake.vacuum", "lake.vacuum", DAY),
     ("ingest.prune_dedupe", "ingest.prune_dedupe", DAY),
     ("lake.delete_flushed", "lake.delete_flushed", 600),
+    ("journeys.advance", "journeys.advance", 60),
 ]
 
 
