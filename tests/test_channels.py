@@ -646,6 +646,8 @@ async def test_inbox_bad_message_fails_alone(propel: Propel, tenant: Any) -> Non
     ("email", {"host": "h", "from_address": "a@b.test", "hostname": "x"},
      "email.hostname is not a setting"),
     ("webhook", {"url": "ftp://x", "secret": "s" * 16}, "webhook.url must be an http"),
+    ("webhook", {"url": "http://[::1", "secret": "s" * 16}, "webhook.url must be an http"),
+    ("webhook", {"url": "http://x.test:99999", "secret": "s" * 16}, "outside 1-65535"),
     ("webhook", {"url": "https://x.test", "secret": "short"},
      "webhook.secret must be at least 16 characters"),
     ("webhook", {"url": "https://x.test", "secret": "s" * 16, "max_attempts": 0},

@@ -117,9 +117,15 @@ def http_error(response: httpx.Response) -> str:
 
 
 def check_http_url(channel: str, name: str, url: str) -> None:
-    parsed = httpx.URL(url)
+    problem = f"{channel}.{name} must be an http:// or https:// URL, got {url!r}"
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ChannelError(f"{problem}: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ChannelError(f"{channel}.{name} must be an http:// or https:// URL, got {url!r}")
+        raise ChannelError(problem)
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ChannelError(f"{problem}: port {parsed.port} is outside 1-65535")
 
 
 # -- the webhook channel --------------------------------------------------------------
