@@ -38,12 +38,12 @@ from propel.lake.reader import snapshot
 from propel.predictions import registry, scoring, training
 from propel.predictions.features import compute_features, register_aliases
 from propel.predictions.model import LikelihoodModel
+from propel.predictions.properties import score_properties
 from propel.predictions.registry import ArtifactError, Prediction
 from propel.predictions.scoring import (
     LIKELIHOOD_CHANGED,
     NotTrained,
     list_runs,
-    profile_properties,
     scores_uri,
 )
 from propel.predictions.spec import (
@@ -526,18 +526,22 @@ def test_probability_threshold_groups(world: World) -> None:
         _set_groups(world, prediction)
 
 
+def profile_properties(world: World, identity: str) -> dict:
+    return score_properties(world.propel.db, world.account_id, [identity]).get(identity, {})
+
+
 def test_the_group_is_a_profile_property(world: World) -> None:
     prediction = conversions(world)
     preds.score(world.propel, world.account_id, prediction.id, as_of=END)
     scores = current_scores(world, prediction.id)
     for group in ("High", "Medium", "Low"):
         user = scores.index[scores["grp"] == group][0]
-        assert profile_properties(world.propel, world.account_id, user) == {
+        assert profile_properties(world, user) == {
             "Predict Conversions": group,
             "Predict Conversions score": scores.at[user, "score"]}
-    assert profile_properties(world.propel, world.account_id, "nobody-scored") == {}
+    assert profile_properties(world, "nobody-scored") == {}
     top = scores["score"].idxmax()
-    props = profile_properties(world.propel, world.account_id, top)
+    props = profile_properties(world, top)
     assert props["Predict Conversions score"] == round(100 * scores.at[top, "probability"], 1)
 
 

@@ -181,7 +181,6 @@ def feature_sql(spec: FeatureSpec, audience: Audience, as_of: datetime) -> str:
     """
     goal = goal_match_sql(spec.goal_event, spec.goal_where)
     last_day = day_number(as_of) - 1
-    full_goal = f"{goal} AND ev_day <= {last_day}"
     aggs: list[tuple[str, str]] = [
         ("count(*)", "events_all"),
         (_days("max(ts)", as_of), "days_since_last"),
@@ -192,16 +191,11 @@ def feature_sql(spec: FeatureSpec, audience: Audience, as_of: datetime) -> str:
         # day 0 (1970-01-01) was a Thursday: (ev_day + 3) % 7 is 0 on Mondays, 5 and 6 on
         # Saturdays and Sundays
         ("avg(CASE WHEN (ev_day + 3) % 7 >= 5 THEN 1 ELSE 0 END)", "share_weekend"),
-        (f"count(DISTINCT CASE WHEN {goal} THEN ev_day END)", "goal_days"),
-        (_days(f"max(CASE WHEN {goal} THEN ts END)", as_of), "days_since_goal"),
+        (_days("max(CASE WHEN is_goal = 1 THEN ts END)", as_of), "days_since_goal"),
     ]
     for w in (7, 30, 90):
         since = ts_lit(as_of - timedelta(days=w))
         aggs.append((f"sum(CASE WHEN ts >= {since} THEN 1 ELSE 0 END)", f"events_{w}d"))
-    for w in (30, 90):
-        since = ts_lit(as_of - timedelta(days=w))
-        aggs.append((f"count(DISTINCT CASE WHEN ts >= {since} THEN ev_day END)",
-                     f"active_days_{w}d"))
     for name, slug in spec.events:
         for w in spec.windows:
             since = ts_lit(as_of - timedelta(days=w))
@@ -221,36 +215,53 @@ def feature_sql(spec: FeatureSpec, audience: Audience, as_of: datetime) -> str:
                   f"TRY_CAST({json_text(spec.monetary_property or 'amount')} AS {MONEY}) END")
     else:
         amount = f"CAST(NULL AS {MONEY})"
-    hidden = [
-        (f"count(DISTINCT CASE WHEN {full_goal} THEN ev_day END)", "_bg_days"),
+    # Counts of distinct days come from a (user, day) roll-up: a COUNT(DISTINCT) per
+    # column would build its own (user, day) hash table over every event.
+    full_goal = f"day_goal = 1 AND ev_day <= {last_day}"
+    daily: list[tuple[str, str]] = [
+        ("sum(day_goal)", "goal_days"),
+        *[(f"sum(CASE WHEN day_last >= {ts_lit(as_of - timedelta(days=w))} THEN 1 ELSE 0 "
+           "END)", f"active_days_{w}d") for w in (30, 90)],
+        (f"sum(CASE WHEN {full_goal} THEN 1 ELSE 0 END)", "_bg_days"),
         (f"min(CASE WHEN {full_goal} THEN ev_day END)", "_bg_first"),
         (f"max(CASE WHEN {full_goal} THEN ev_day END)", "_bg_last"),
         (f"min(CASE WHEN ev_day <= {last_day} THEN ev_day END)", "_first_day"),
     ]
     selected = ", ".join(f"agg.{alias}" for _, alias in aggs)
+    selected += ", " + ", ".join(f"d.{alias}" for alias in ("goal_days", "active_days_30d",
+                                                             "active_days_90d"))
     return f"""
     WITH ev AS (
-      SELECT uid, name, ts, {amount} AS amount, properties,
+      SELECT uid, name, ts, {amount} AS amount,
+             CASE WHEN {goal} THEN 1 ELSE 0 END AS is_goal,
              CAST(floor(epoch(ts) / 86400) AS BIGINT) AS ev_day,
              CAST(floor(epoch(ts) / 3600) AS BIGINT) % 24 AS ev_hour
       FROM ({resolved_sql('event', None, as_of)}) r
       WHERE {_system_filter()}
     ),
     agg AS (
-      SELECT uid, {', '.join(f'{expr} AS {alias}' for expr, alias in aggs + hidden)}
+      SELECT uid, {', '.join(f'{expr} AS {alias}' for expr, alias in aggs)}
       FROM ev GROUP BY uid
       HAVING {audience_having(audience, as_of)}
+    ),
+    days AS (
+      SELECT uid, ev_day, max(ts) AS day_last, max(is_goal) AS day_goal
+      FROM ev GROUP BY uid, ev_day
+    ),
+    d AS (
+      SELECT uid, {', '.join(f'{expr} AS {alias}' for expr, alias in daily)}
+      FROM days GROUP BY uid
     ),
     prof AS ({profile_sql(spec, as_of)})
     SELECT agg.uid AS identity, {selected},
       (CAST(agg.events_7d AS DOUBLE) * 30 / 7 + 1) / (agg.events_30d + 1) AS trend_7_30,
       (CAST(agg.events_30d AS DOUBLE) * 3 + 1) / (agg.events_90d + 1) AS trend_30_90,
       {_profile_select(spec)},
-      CASE WHEN agg._bg_first IS NULL THEN 0 ELSE agg._bg_days - 1 END AS _bg_x,
-      CASE WHEN agg._bg_first IS NULL THEN 0 ELSE agg._bg_last - agg._bg_first END AS _bg_tx,
-      CASE WHEN COALESCE(agg._bg_first, agg._first_day) IS NULL THEN 0
-           ELSE {last_day} - COALESCE(agg._bg_first, agg._first_day) END AS _bg_T
-    FROM agg LEFT JOIN prof ON prof.uid = agg.uid
+      CASE WHEN d._bg_first IS NULL THEN 0 ELSE d._bg_days - 1 END AS _bg_x,
+      CASE WHEN d._bg_first IS NULL THEN 0 ELSE d._bg_last - d._bg_first END AS _bg_tx,
+      CASE WHEN COALESCE(d._bg_first, d._first_day) IS NULL THEN 0
+           ELSE {last_day} - COALESCE(d._bg_first, d._first_day) END AS _bg_T
+    FROM agg JOIN d ON d.uid = agg.uid LEFT JOIN prof ON prof.uid = agg.uid
     ORDER BY agg.uid"""
 
 
