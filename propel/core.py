@@ -20,7 +20,9 @@ class Propel:
             queue_limit=self.settings.write_queue_limit,
             write_timeout=self.settings.write_timeout_seconds,
         )
-        self.lake = Lake(self.settings.resolved_lake_uri)
+        self.lake = Lake(self.settings.resolved_lake_uri,
+                         query_memory_limit=self.settings.query_memory_limit,
+                         query_temp_dir=str(self.settings.data_dir / "query-tmp"))
         if self.settings.faults:
             faults.arm(self.settings.faults)
 

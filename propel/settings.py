@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     vacuum_retention_hours: int = Field(
         168, ge=1, description="Lake files no longer referenced are deleted after this long."
     )
+    query_memory_limit: str = Field(
+        "2GB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Memory one lake query (features, scoring, audiences) may use; beyond "
+        "it DuckDB spills to PROPEL_DATA_DIR/query-tmp instead of growing.",
+    )
     write_queue_limit: int = Field(
         2000,
         ge=1,

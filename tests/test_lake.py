@@ -24,6 +24,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from propel import faults
+from propel.core import Propel
 from propel.db.meta import utcnow
 from propel.ingest import native
 from propel.ingest.service import ingest_sync
@@ -37,6 +38,7 @@ from propel.lake.flush import delete_flushed, flush_batches, should_flush
 from propel.lake.reader import message_ids
 from propel.lake.store import FLUSHER_APP, LAKE_LEASE
 from propel.lake.tables import lake_batches
+from propel.settings import Settings
 
 TS = 1_700_000_000  # one fixed day, so every event lands in one partition per account
 
@@ -758,3 +760,16 @@ def test_reader_works_with_the_network_unavailable(propel, tenant, tmp_path):
     assert Counter(out["ids"]) == once(flushed + pending)
     assert out["query"] == 3
     assert {mode for _, mode in out["extensions"]} <= {"STATICALLY_LINKED"}, out["extensions"]
+
+
+def test_lake_queries_are_held_to_the_memory_limit_and_spill_under_the_data_dir(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", query_memory_limit="300MB")
+    with Propel(settings) as propel:
+        propel.migrate()
+        with reader.snapshot(propel.db, propel.lake) as (con, _):
+            limit, temp = con.execute("SELECT current_setting('memory_limit'), "
+                                      "current_setting('temp_directory')").fetchone()
+    assert limit in ("286.1 MiB", "300.0 MB")  # DuckDB reports it in binary units
+    assert temp == str(tmp_path / "data" / "query-tmp")
+    with pytest.raises(ValueError, match="query_memory_limit"):
+        Settings(data_dir=tmp_path, query_memory_limit="lots")

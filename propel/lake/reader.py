@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -33,10 +34,18 @@ class Pin:
     flushed_through: int  # the flusher's batch number recorded in that version
 
 
-def duckdb_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+def duckdb_connection(threads: int | None = None, *, memory_limit: str | None = None,
+                      temp_directory: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that never downloads or loads extensions; with a memory
+    limit, large aggregates spill to ``temp_directory`` instead of growing."""
+    config: dict[str, Any] = {"autoinstall_known_extensions": False,
+                              "autoload_known_extensions": False}
     if threads:
         config["threads"] = threads
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    if temp_directory:
+        config["temp_directory"] = temp_directory
     con = duckdb.connect(config=config)
     con.execute("SET enable_progress_bar = false")  # it would print into command output
     return con
@@ -72,7 +81,8 @@ def snapshot(db: Database, lake: Lake, account_id: str | None = None,
     the_pin, dataset = pin(lake)
     recent = _recent(db, the_pin, account_id)
     own = con is None
-    con = con or duckdb_connection()
+    con = con or duckdb_connection(memory_limit=lake.query_memory_limit,
+                                   temp_directory=lake.query_temp_dir)
     try:
         con.register("_recent_events", recent)
         if dataset is None:

@@ -51,8 +51,11 @@ _WRITER_PROPS = WriterProperties(compression="ZSTD")
 
 
 class Lake:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, query_memory_limit: str | None = None,
+                 query_temp_dir: str | None = None) -> None:
         self.uri = str(uri)
+        self.query_memory_limit = query_memory_limit
+        self.query_temp_dir = query_temp_dir
         self.events_uri = os.path.join(self.uri, "events") if "://" not in self.uri else (
             self.uri.rstrip("/") + "/events"
         )
