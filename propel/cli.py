@@ -33,12 +33,14 @@ for sub, name in ((db_app, "db"), (accounts_app, "accounts"), (keys_app, "keys")
 
 from propel.campaigns.cli import audiences_app, campaigns_app  # noqa: E402
 from propel.channels.cli import app as channels_app  # noqa: E402
+from propel.journeys.cli import app as journeys_app  # noqa: E402
 from propel.predictions.cli import app as predictions_app  # noqa: E402
 
 app.add_typer(predictions_app, name="predictions")
 app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(audiences_app, name="audiences")
 app.add_typer(channels_app, name="channels")
+app.add_typer(journeys_app, name="journeys")
 
 console = Console()
 err = Console(stderr=True)

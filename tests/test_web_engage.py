@@ -99,3 +99,15 @@ def test_engage_needs_sign_in(dashboard):
     page = dashboard.client.get(f"/predictions/{dashboard.shop.prediction_id}/engage",
                                 follow_redirects=False)
     assert page.status_code == 303 and page.headers["location"].startswith("/login")
+
+
+def test_engage_dialog_without_scripts_sends_journey_to_the_journey_editor(dashboard):
+    client = dashboard.sign_in("marketer")
+    prediction = dashboard.shop.prediction_id
+    response = client.get(f"/campaigns/new?prediction={prediction}&groups=High&groups=Low"
+                          "&channel=email&type=journey", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == (
+        f"/journeys/new?prediction={prediction}&groups=High&groups=Low&channel=email")
+    editor = client.get(response.headers["location"])
+    assert editor.status_code == 200 and "High" in editor.text

@@ -10,6 +10,7 @@ from propel.web import (
     campaign_stats,
     campaigns,
     engage,
+    journeys,
     pages,
     predictions,
     settings_pages,
@@ -20,7 +21,7 @@ from propel.web.templating import render
 
 # The builder's /campaigns/new must come before the stats page's /campaigns/{id}.
 ROUTERS = [pages.router, predictions.router, engage.router, campaigns.router,
-           campaign_stats.router, users.router, settings_pages.router]
+           campaign_stats.router, journeys.router, users.router, settings_pages.router]
 # Paths that belong to machine clients keep their JSON errors.
 API_PREFIXES = ("/api/", "/v1/", "/1/", "/inbox/", "/t/", "/u/", "/openapi.json")
 

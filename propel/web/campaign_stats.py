@@ -315,7 +315,9 @@ def campaigns_page(request: Request, status: str = "",
         return render(request, "campaigns/list.html", status_code=422, section="campaigns",
                       rows=[], status=status, statuses=service.STATUSES, any_campaign=True,
                       error=f"Unknown status {status!r}; choose one from the list.")
-    campaigns = service.list_campaigns(propel, account_id)
+    # a journey's send steps are campaigns of its own: they show on the journey's page
+    campaigns = [c for c in service.list_campaigns(propel, account_id)
+                 if c.strategy != "journey"]
     names = _prediction_names(propel, account_id)
     shown = [c for c in reversed(campaigns) if not status or c.status == status]  # newest first
     rows = [_row(c, names, campaign_stats(propel.db, c.id)) for c in shown]
@@ -331,13 +333,16 @@ def campaign_page(request: Request, campaign_id: str, series: str = "",
     c = campaign_or_404(propel, account_id, campaign_id)
     context = _stats_context(propel, c, _series(series, c))
     prediction = _prediction_names(propel, account_id).get(c.prediction_id or "")
+    journey = journey_of(propel, c)
+    audience = (f"Users reaching step {journey['step']} of version {journey['version']}"
+                if journey else audience_summary(c.audience))
     return render(request, "campaigns/stats.html", section="campaigns", title=c.name,
                   prediction=prediction, groups=audience_groups(c.audience, prediction),
                   channel=CHANNEL_NAMES.get(c.channel, c.channel),
-                  audience=audience_summary(c.audience), schedule=schedule_text(c),
-                  goal=goal_text(c.goal),
-                  next_run=next_run_text(c), can_act=session.user.can("marketer"),
-                  **context)
+                  audience=audience, schedule=schedule_text(c),
+                  goal=goal_text(c.goal), journey=journey,
+                  next_run=next_run_text(c),
+                  can_act=session.user.can("marketer") and journey is None, **context)
 
 
 @router.get("/campaigns/{campaign_id}/stats-panel")
@@ -348,6 +353,20 @@ def stats_panel(request: Request, campaign_id: str, series: str = "",
     c = campaign_or_404(propel, _account(session), campaign_id)
     return render(request, "campaigns/_stats_panel.html",
                   **_stats_context(propel, c, _series(series, c)))
+
+
+def journey_of(propel: Propel, c: service.Campaign) -> dict[str, Any] | None:
+    """For a journey's send step: the journey (id, name), version and step."""
+    if c.strategy != "journey" or not isinstance(c.audience, dict):
+        return None
+    from propel import journeys
+
+    try:
+        j = journeys.get(propel, c.account_id, str(c.audience.get("journey", "")))
+    except LookupError:
+        return None
+    return {"id": j.id, "name": j.name, "version": c.audience.get("version"),
+            "step": c.audience.get("step")}
 
 
 def _action_failed(request: Request, c: service.Campaign, exc: Exception) -> Response:

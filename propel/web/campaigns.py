@@ -9,6 +9,7 @@ form and get it back re-rendered, so nothing typed is lost and no script is requ
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -147,8 +148,12 @@ def _save(request: Request, session: Session, state: BuilderState, action: str,
 
 @router.get("/campaigns/new")
 def new_campaign(request: Request, prediction: str = "", groups: list[str] = Query([]),
-                 channel: str = "inbox", session: Session = Depends(signed_in())
-                 ) -> Response:
+                 channel: str = "inbox", type: str = "campaign",
+                 session: Session = Depends(signed_in())) -> Response:
+    if type == "journey":  # the Engage dialog without scripts: one form, two editors
+        query = urlencode([("prediction", prediction), *[("groups", g) for g in groups],
+                           ("channel", channel)])
+        return RedirectResponse(f"/journeys/new?{query}", status_code=303)
     if channel not in builder_form.CHANNEL_NAMES:
         channel = "inbox"
     if not prediction:

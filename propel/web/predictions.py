@@ -30,6 +30,8 @@ from propel.predictions.spec import (
     parse_where,
 )
 from propel.web.auth import signed_in
+from propel.web.journeys import journeys_on_prediction
+from propel.web.journeys import lift_text as journey_lift_text
 from propel.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -414,6 +416,8 @@ def detail_context(propel: Propel, p: Prediction) -> dict[str, Any]:
         "histogram": bins, "histogram_chart": histogram_chart(bins) if bins else None,
         "versions": _version_rows(versions), "runs": _run_rows(runs),
         "engagements": _engagements(propel, p),
+        "journeys": journeys_on_prediction(propel, p.account_id, p.spec.name),
+        "journey_lift": journey_lift_text,
         **_quality_context(current, sum(sizes.values())),
     }
 
