@@ -181,6 +181,24 @@ def _group_rows(
     return xs[starts], ts[starts], Ts[starts], summed[keep]
 
 
+def _unique_rows(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct rows of equal-length columns and, per input row, its distinct row's
+    index (``lexsort`` for the reason given in ``_group_rows``)."""
+    order = np.lexsort(columns[::-1])
+    if order.size == 0:
+        return list(columns), order
+    differs = np.zeros(order.shape[0], dtype=bool)
+    differs[0] = True
+    for col in columns:
+        sorted_col = col[order]
+        differs[1:] |= sorted_col[1:] != sorted_col[:-1]
+    group = np.cumsum(differs) - 1
+    inverse = np.empty_like(group)
+    inverse[order] = group
+    starts = order[differs]
+    return [col[starts] for col in columns], inverse
+
+
 # --------------------------------------------------------------------------------------------
 # model
 # --------------------------------------------------------------------------------------------
@@ -375,8 +393,11 @@ class BetaGeoModel:
         """
         t_, x, t_x, T_ = self._prepare(frequency, recency, T, t)
         p_alive = special.expit(-self._log_odds_dead(x, t_x, T_))
-        cond = _expected_if_alive(self.r_, self.alpha_, self.a_, self.b_, x, T_, t_)
-        return p_alive * cond
+        # The quadrature costs ~64 evaluations a row; whole-day data has few distinct
+        # (x, T, t), so evaluate each once and spread the results back.
+        (ux, uT, ut), inverse = _unique_rows(x, T_, t_)
+        cond = _expected_if_alive(self.r_, self.alpha_, self.a_, self.b_, ux, uT, ut)
+        return p_alive * cond[inverse]
 
     def probability_at_least_one(
         self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
