@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from propel.core import Propel
+from propel.cli_common import AccountOpt, console, err
+from propel.cli_common import check_account as _account
+from propel.cli_common import open_propel as _propel
 from propel.settings import Settings
 
 app = typer.Typer(help="Propel: predictive engagement, self-hosted.", no_args_is_help=True,
@@ -41,37 +41,6 @@ app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(audiences_app, name="audiences")
 app.add_typer(channels_app, name="channels")
 app.add_typer(journeys_app, name="journeys")
-
-console = Console()
-err = Console(stderr=True)
-AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPEL_ACCOUNT",
-                                                 help="Account id (or PROPEL_ACCOUNT).")]
-
-
-def _propel(migrate: bool | None = None) -> Propel:
-    settings = Settings()
-    if "PROPEL_WRITE_TIMEOUT_SECONDS" not in os.environ:
-        # A command's large writes may queue behind a busy server; waiting is right here,
-        # unlike for an HTTP request that a client can retry.
-        settings.write_timeout_seconds = 600
-    propel = Propel(settings)
-    # The embedded default sets itself up; a server database is migrated on purpose.
-    if migrate or (migrate is None and propel.settings.is_sqlite):
-        propel.migrate()
-    return propel
-
-
-def _account(propel: Propel, account: str | None) -> str:
-    from propel.accounts import get_account
-
-    if not account:
-        err.print("[red]error:[/] give --account ID (or set PROPEL_ACCOUNT)")
-        raise typer.Exit(2)
-    if get_account(propel.db, account) is None:
-        err.print(f"[red]error:[/] no account {account!r}; see `propel accounts list`")
-        raise typer.Exit(2)
-    return account
-
 
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,

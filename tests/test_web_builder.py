@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import secrets
-from html.parser import HTMLParser
 
 import pytest
 from sqlalchemy import func, select
+from web_fixtures import form_fields
 
 from propel import audiences
 from propel.campaigns import service
@@ -17,56 +17,8 @@ from propel.campaigns.tables import campaigns, messages
 from propel.predictions.tables import user_predictions
 
 
-class _FormReader(HTMLParser):
-    """The values a browser would submit from the page's form (no button pressed)."""
-
-    def __init__(self, form_id: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.form_id, self.inside = form_id, False
-        self.values: list[tuple[str, str]] = []
-        self.select: str | None = None
-        self.options: list[tuple[str, bool]] = []
-        self.textarea: str | None = None
-        self.text = ""
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "form":
-            self.inside = a.get("id") == self.form_id
-        if not self.inside:
-            return
-        if tag == "input" and a.get("name") and a.get("type") not in ("submit", "button"):
-            if a.get("type") in ("checkbox", "radio") and "checked" not in a:
-                return
-            self.values.append((a["name"], a.get("value") or ("on" if a.get("type") in (
-                "checkbox", "radio") else "")))
-        elif tag == "select":
-            self.select, self.options = a.get("name"), []
-        elif tag == "option" and self.select:
-            self.options.append((a.get("value", ""), "selected" in a))
-        elif tag == "textarea":
-            self.textarea, self.text = a.get("name"), ""
-
-    def handle_data(self, data):
-        if self.textarea:
-            self.text += data
-
-    def handle_endtag(self, tag):
-        if tag == "form":
-            self.inside = False
-        elif tag == "select" and self.select:
-            chosen = [v for v, s in self.options if s] or [v for v, _ in self.options[:1]]
-            self.values.append((self.select, chosen[0] if chosen else ""))
-            self.select = None
-        elif tag == "textarea" and self.textarea:
-            self.values.append((self.textarea, self.text.removeprefix("\n")))
-            self.textarea = None
-
-
 def form_of(html: str, form_id: str = "builder") -> dict[str, str]:
-    reader = _FormReader(form_id)
-    reader.feed(html)
-    return dict(reader.values)
+    return dict(form_fields(html, form_id))
 
 
 def _builder(client, shop, groups=("High",), channel="inbox"):

@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from propel.cli_common import AccountOpt, console, err
+from propel.cli_common import account_context as _context
+from propel.cli_common import fail as _fail
 
 campaigns_app = typer.Typer(help="Campaigns: Who × What × When.", no_args_is_help=True)
 audiences_app = typer.Typer(help="Audiences: who matches a rule.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPEL_ACCOUNT",
-                                                 help="Account id (or PROPEL_ACCOUNT).")]
-
-
-@contextmanager
-def _context(account: str | None) -> Iterator[tuple[Any, str]]:
-    """(propel, account id) for one command; the database is closed when it ends."""
-    from propel.cli import _account, _propel
-
-    propel = _propel()
-    try:
-        yield propel, _account(propel, account)
-    finally:
-        propel.close()
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _json_arg(text: str, what: str) -> Any:

@@ -7,13 +7,12 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from propel.cli_common import AccountOpt, console, err
+from propel.cli_common import check_account as _account
+from propel.cli_common import open_propel as _propel
 
 app = typer.Typer(help="Channel settings (SMTP, webhook, push, SMS).", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPEL_ACCOUNT",
-                                                 help="Account id (or PROPEL_ACCOUNT).")]
 
 
 @app.command("set")
@@ -22,7 +21,6 @@ def set_(channel: str, settings: Annotated[str, typer.Argument(help="JSON settin
     """Save a channel's settings, e.g. propel channels set email '{"host": ...}'."""
     from propel.channels.base import ChannelError
     from propel.channels.registry import set_config
-    from propel.cli import _account, _propel
 
     propel = _propel()
     try:
@@ -41,7 +39,6 @@ def show(channel: str, account: AccountOpt = None) -> None:
     """A channel's settings, secrets masked."""
     from propel.channels.base import ChannelError
     from propel.channels.registry import get_config
-    from propel.cli import _account, _propel
 
     propel = _propel()
     try:
@@ -58,7 +55,6 @@ def test(channel: str, to: str | None = typer.Option(None, help="Address, phone 
     """Send a test message through the channel."""
     from propel.channels.base import ChannelError
     from propel.channels.registry import send_test
-    from propel.cli import _account, _propel
 
     propel = _propel()
     try:

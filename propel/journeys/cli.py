@@ -3,41 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from propel.cli_common import AccountOpt, console, err
+from propel.cli_common import account_context as _context
+from propel.cli_common import fail as _fail
+
 app = typer.Typer(help="Journeys: users move through steps over time.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPEL_ACCOUNT",
-                                                 help="Account id (or PROPEL_ACCOUNT).")]
+
 FileArg = Annotated[Path, typer.Argument(help="The journey definition, a JSON file "
                                               "(see docs/journeys.md).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-@contextmanager
-def _context(account: str | None) -> Iterator[tuple[Any, str]]:
-    """(propel, account id) for one command; the database is closed when it ends."""
-    from propel.cli import _account, _propel
 
-    propel = _propel()
-    try:
-        yield propel, _account(propel, account)
-    finally:
-        propel.close()
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _problems(exc: Any) -> typer.Exit:
@@ -234,7 +218,7 @@ def advance(now: Annotated[str | None, typer.Option(
         help="Run as if it were this time (ISO 8601, UTC if no offset).")] = None,
             batch_size: Annotated[int, typer.Option(min=1)] = 2000) -> None:
     """Run the journey engine once: entries, events, due steps (every account)."""
-    from propel.cli import _propel
+    from propel.cli_common import open_propel as _propel
     from propel.journeys import advance as run
 
     moment = None

@@ -8,21 +8,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from propel.cli_common import AccountOpt, console, err
+from propel.cli_common import check_account as _account
+from propel.cli_common import open_propel as _propel
 
 app = typer.Typer(help="Predict the likelihood of a goal event; High / Medium / Low groups.",
                   no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-AccountOpt = Annotated[str | None, typer.Option("--account", "-a", envvar="PROPEL_ACCOUNT",
-                                                 help="Account id (or PROPEL_ACCOUNT).")]
+
 AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD: as if at the start "
                                              "of that day (UTC)")]
 
 
 def _context(account: str | None) -> tuple[Any, str]:
-    from propel.cli import _account, _propel
 
     propel = _propel()
     return propel, _account(propel, account)
