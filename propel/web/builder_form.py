@@ -268,6 +268,19 @@ def _number(text: str, key: str, errors: _Errors, what: str, low: float, high: f
     return int(value) if whole else value
 
 
+
+def webhook_payload(text: str, field: str, errors: Any) -> dict[str, Any]:
+    """The webhook's JSON payload field as an object; a problem is recorded on ``field``."""
+    try:
+        payload = orjson.loads(text.strip() or "{}")
+    except orjson.JSONDecodeError as exc:
+        errors.add(field, f"Payload (JSON) is not valid JSON: {exc}")
+        return {}
+    if not isinstance(payload, dict):
+        errors.add(field, 'Payload (JSON) must be an object, e.g. {"title": "…", "body": "…"}')
+        return {}
+    return payload
+
 def _content(state: BuilderState, errors: _Errors) -> dict[str, Any]:
     out = []
     for i, v in enumerate(state.variants):
@@ -276,16 +289,7 @@ def _content(state: BuilderState, errors: _Errors) -> dict[str, Any]:
         if split is not None or v.get("split", "").strip():
             variant["split"] = split if split is not None else 0
         if state.channel == "webhook":
-            try:
-                payload = orjson.loads(v.get("payload") or "{}")
-            except orjson.JSONDecodeError as exc:
-                errors.add(f"v{i}-payload", f"Payload (JSON) is not valid JSON: {exc}")
-                payload = {}
-            if not isinstance(payload, dict):
-                errors.add(f"v{i}-payload", "Payload (JSON) must be an object, e.g. "
-                                            '{"title": "…", "body": "…"}')
-                payload = {}
-            variant.update(payload)
+            variant.update(webhook_payload(v.get("payload", ""), f"v{i}-payload", errors))
         else:
             for key, _, _ in CHANNEL_FIELDS[state.channel]:
                 if v.get(key, "").strip():

@@ -18,7 +18,7 @@ import orjson
 
 from propel.journeys.spec import GROUPS, STEP_TYPES, successors
 from propel.predictions.spec import SpecError, parse_where
-from propel.web.builder_form import CHANNEL_FIELDS, WEBHOOK_KEYS
+from propel.web.builder_form import CHANNEL_FIELDS, WEBHOOK_KEYS, webhook_payload
 
 STEP_NAMES = {"send": "Send a message", "wait": "Wait", "wait_until": "Wait until an event",
               "branch": "Branch (yes / no)", "split": "Split (random paths)",
@@ -379,17 +379,7 @@ def _content(s: dict[str, Any], key: str, extra: dict[str, Any], errors: _Errors
     channel = s["channel"]
     variant: dict[str, Any] = dict(extra.get("variant") or {"name": "A", "split": 100})
     if channel == "webhook":
-        text = s["webhook_payload"].strip()
-        try:
-            payload = orjson.loads(text) if text else {}
-        except orjson.JSONDecodeError as exc:
-            errors.add(f"{key}-webhook_payload", f"Payload (JSON) is not valid JSON: {exc}")
-            payload = {}
-        if not isinstance(payload, dict):
-            errors.add(f"{key}-webhook_payload", "Payload (JSON) must be an object, e.g. "
-                                                 '{"title": "…", "body": "…"}')
-            payload = {}
-        variant.update(payload)
+        variant.update(webhook_payload(s["webhook_payload"], f"{key}-webhook_payload", errors))
     else:
         for field_key, _, _ in CHANNEL_FIELDS[channel]:
             if s[f"{channel}_{field_key}"].strip():
