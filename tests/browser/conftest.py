@@ -145,13 +145,13 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float
     raise RuntimeError(f"propel serve not healthy after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def smtp() -> Iterator[SmtpPeer]:
     with SmtpPeer() as peer:
         yield peer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpPeer) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("propel-browser")
     data_dir = root / "data"
@@ -200,7 +200,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpPeer) -> Iterator
 
 # -- the browser ------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
