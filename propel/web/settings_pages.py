@@ -244,9 +244,6 @@ def channel_errors(channel: str, raw: dict[str, Any]) -> dict[str, str]:
             if fields[name]["required"] or name not in probe:
                 return errors
             probe.pop(name)
-        except httpx.InvalidURL as exc:  # a URL too broken for the registry's own check
-            errors.setdefault("", f"A URL is not valid: {exc}.")
-            return errors
     return errors
 
 
