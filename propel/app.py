@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
                   "`X-CleverTap-Passcode`.")
     app.state.propel = propel
     app.state.metrics = Metrics()
+    app.state.write_keys = {}  # write key -> account id, see api.auth.segment_account
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(predictions.router)
@@ -120,27 +122,51 @@ def _ops_routes(app: FastAPI) -> None:
 
 
 def _access_log(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next):  # noqa: ANN001, ANN202
+    app.add_middleware(AccessLog, metrics=app.state.metrics)
+
+
+class AccessLog:
+    """Request metrics and logs for every 4xx/5xx or slow request, and a logged JSON
+    500 for an unexpected exception. Plain ASGI: Starlette's ``BaseHTTPMiddleware``
+    costs a task and memory streams per request on the ingest hot path."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
+        status = [0]
+
+        async def send_and_note(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_and_note)
         except Exception:
-            log.exception("unhandled error", extra={"method": request.method,
-                                                    "path": request.url.path})
+            log.exception("unhandled error", extra={"method": scope["method"],
+                                                    "path": scope["path"]})
+            if status[0]:  # the response had started: nothing more can be said
+                raise
             response = JSONResponse(
                 {"error": {"code": "internal", "message": "internal error; it was logged"}},
                 status_code=500)
-        duration = time.perf_counter() - start
-        route = request.scope.get("route")
-        app.state.metrics.requests.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(duration)
-        if response.status_code >= 400 or duration > 1:
-            log.info("request", extra={"method": request.method, "path": request.url.path,
-                                       "status": response.status_code,
+            await response(scope, receive, send_and_note)
+        self._observe(scope, status[0], time.perf_counter() - start)
+
+    def _observe(self, scope: dict, status: int, duration: float) -> None:
+        route = scope.get("route")
+        self.metrics.requests.labels(
+            scope["method"], getattr(route, "path", "unmatched"), str(status)).observe(duration)
+        if status >= 400 or duration > 1:
+            log.info("request", extra={"method": scope["method"], "path": scope["path"],
+                                       "status": status,
                                        "duration_ms": round(duration * 1000, 1)})
-        return response
 
 
 class Background:

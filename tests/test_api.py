@@ -6,8 +6,10 @@ import gzip
 
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 
 from propel.accounts import revoke_api_key
+from propel.app import create_app
 from propel.lake.flush import flush_batches
 from propel.lake.reader import count_events
 
@@ -217,3 +219,25 @@ def test_gzip_members_truncation_and_trailing_bytes(client, tenant):
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_encoding"
     r = client.post("/api/v1/events", content=gzip.compress(body) + b"junk", headers=headers)
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_encoding"
+
+
+def test_requests_are_measured_and_an_unexpected_error_is_a_logged_json_500(
+        propel, tenant, caplog):
+    app = create_app(propel=propel, background=False)
+
+    def explode() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/explode", explode)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/healthz").status_code == 200
+        failed = c.get("/explode")
+        assert failed.status_code == 500
+        assert failed.json() == {"error": {"code": "internal",
+                                           "message": "internal error; it was logged"}}
+        assert c.get("/api/v1/users/x").status_code == 401
+        metrics = c.get("/metrics").text
+    assert 'method="GET",route="/healthz",status="200"' in metrics
+    assert 'method="GET",route="/explode",status="500"' in metrics
+    assert 'route="/api/v1/users/{identity}",status="401"' in metrics
+    assert any(r.message == "unhandled error" for r in caplog.records)

@@ -11,6 +11,8 @@ from propel.accounts import account_for_api_key, account_for_write_key, check_pa
 from propel.api.errors import ApiError
 from propel.core import Propel
 
+WRITE_KEYS_REMEMBERED = 10_000
+
 
 def propel_of(request: Request) -> Propel:
     return request.app.state.propel
@@ -40,9 +42,15 @@ def segment_account(request: Request) -> str:
             write_key = ""
     if not write_key:
         raise ApiError(401, "unauthorized", "send the write key as the HTTP Basic user name")
-    account = account_for_write_key(propel_of(request).db, write_key)
+    # A write key never changes hands, so a key once found needs no database round trip
+    # on every batch; unknown keys are not remembered (a new account works at once).
+    known: dict[str, str] = request.app.state.write_keys
+    account = known.get(write_key) or account_for_write_key(propel_of(request).db, write_key)
     if account is None:
         raise ApiError(401, "unauthorized", "write key is not valid")
+    if len(known) >= WRITE_KEYS_REMEMBERED:
+        known.clear()
+    known[write_key] = account
     return account
 
 
