@@ -14,7 +14,8 @@ from propel.campaigns import service
 from propel.campaigns.dispatch import dispatch_campaign
 from propel.campaigns.engage import default_content
 from propel.campaigns.stats import campaign_stats
-from propel.web.campaign_stats import audience_summary, lift_text, signed_points
+from propel.web.campaign_stats import audience_summary
+from propel.web.templating import lift_text, signed_points
 
 FUNNEL_CAPTION = '<caption class="sr-only">Funnel</caption>'
 FUNNEL = ("Targeted", "Sent", "Delivered", "Opened", "Clicked", "Converted")

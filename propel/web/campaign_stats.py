@@ -24,7 +24,7 @@ from propel.campaigns.stats import campaign_stats
 from propel.core import Propel
 from propel.predictions import registry
 from propel.web.auth import signed_in
-from propel.web.templating import TEMPLATES, render
+from propel.web.templating import render
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,28 +45,6 @@ HOURLY_UP_TO = timedelta(days=3)
 
 # --- formatting ---------------------------------------------------------------------
 
-def signed_points(x: float | None, digits: int = 1) -> str:
-    """A proportion difference as signed percentage points: +2.3, −1.1 (a true minus)."""
-    if x is None:
-        return "–"
-    value = round(x * 100, digits)
-    if value == 0:
-        return f"{0:.{digits}f}"
-    return f"{'+' if value > 0 else '−'}{abs(value):.{digits}f}"
-
-
-def lift_text(lift: dict[str, Any]) -> str:
-    """'+2.3 points (95 % CI −1.1 to +5.6)', or why there is no estimate yet."""
-    if lift.get("diff") is None:
-        if not lift.get("holdout_n"):
-            return "No lift estimate: this campaign has no holdout group"
-        return "No lift estimate yet: no one has been messaged"
-    return (f"{signed_points(lift['diff'])} points (95 % CI {signed_points(lift['low'])} "
-            f"to {signed_points(lift['high'])})")
-
-
-TEMPLATES.env.filters["points"] = signed_points
-TEMPLATES.env.filters["lift_text"] = lift_text
 
 
 def _value_text(value: Any) -> str:

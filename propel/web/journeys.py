@@ -23,9 +23,9 @@ from propel.campaigns.engage import GROUPS, draft_fields
 from propel.core import Propel
 from propel.predictions import registry
 from propel.web import journey_form as jf
+from propel.web import templating
 from propel.web.auth import signed_in
 from propel.web.builder_form import CHANNEL_FIELDS, CHANNEL_NAMES
-from propel.web.campaign_stats import signed_points
 from propel.web.engage import find_prediction, group_problem, render_engage
 from propel.web.templating import render
 
@@ -58,13 +58,8 @@ def journey_or_404(propel: Propel, account_id: str, journey_id: str) -> journeys
 
 
 def lift_text(lift: dict[str, Any]) -> str:
-    """'+2.3 points (95 % CI −1.1 to +5.6)', or why there is no estimate yet."""
-    if lift.get("diff") is None:
-        if not lift.get("holdout_n"):
-            return "No lift estimate yet: nobody has been held out"
-        return "No lift estimate yet: nobody has entered the journey's steps"
-    return (f"{signed_points(lift['diff'])} points (95 % CI {signed_points(lift['low'])} "
-            f"to {signed_points(lift['high'])})")
+    return templating.lift_text(lift, no_holdout="nobody has been held out",
+                                nobody_treated="nobody has entered the journey's steps")
 
 
 def entry_text(entry: dict[str, Any]) -> str:
