@@ -144,3 +144,26 @@ class LiveServer:
 def live_server(propel: Propel) -> Iterator[LiveServer]:
     with LiveServer(propel) as server:
         yield server
+
+
+@pytest.fixture
+def cli(propel: Propel, tenant: Tenant):
+    """cli(*args, account=...) -> (exit code, stdout, stderr with whitespace folded): the
+    ``propel`` command against this test's database (SQLite or PostgreSQL) and lake."""
+    from typer.testing import CliRunner
+
+    from propel.cli import app
+
+    env = {"PROPEL_DATA_DIR": str(propel.settings.data_dir), "PROPEL_ACCOUNT": tenant.id,
+           "PROPEL_DATABASE_URL": propel.settings.database_url or "",
+           "PROPEL_SECRET_KEY": "test-secret", "PROPEL_LOG_FORMAT": "text",
+           "PROPEL_FAULTS": "", "COLUMNS": "200"}
+
+    def run(*args: str, account: str | None = None) -> tuple[int, str, str]:
+        result = CliRunner().invoke(app, list(args), env={
+            **env, "PROPEL_ACCOUNT": tenant.id if account is None else account})
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a traceback is never the answer
+        return result.exit_code, result.stdout, " ".join(result.stderr.split())
+
+    return run

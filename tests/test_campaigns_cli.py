@@ -12,21 +12,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select, update
-from typer.testing import CliRunner
 
 from propel.campaigns.dispatch import in_holdout
 from propel.campaigns.service import get_campaign
 from propel.campaigns.tables import inbox_messages, messages
 from propel.channels import registry
-from propel.cli import app
 from propel.db.meta import utcnow
 from propel.ingest.records import IngestItem, ProfileUpdate, key_hash
 from propel.ingest.service import ingest_sync
 from propel.predictions import create_prediction
 from propel.predictions.spec import from_template
 from propel.predictions.tables import predictions, user_predictions
-
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 N = 12
 INBOX = {"name": "Welcome back", "channel": "inbox", "audience": {"and": []},
@@ -61,24 +57,6 @@ def shop(propel, tenant):
 
     propel.db.write(_store)
     return tenant
-
-
-@pytest.fixture
-def cli(propel, tenant):
-    """cli(*args, account=...) -> (exit code, stdout, stderr with whitespace folded)."""
-    env = {"PROPEL_DATA_DIR": str(propel.settings.data_dir), "PROPEL_ACCOUNT": tenant.id,
-           "PROPEL_SECRET_KEY": "test-secret", "PROPEL_LOG_FORMAT": "text",
-           "PROPEL_FAULTS": "", "COLUMNS": "200"}
-
-    def run(*args: str, account: str | None = None) -> tuple[int, str, str]:
-        result = CliRunner().invoke(app, list(args), env={
-            **env, "PROPEL_ACCOUNT": tenant.id if account is None else account})
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception  # a traceback is never the answer
-        fold = " ".join(result.stderr.split())
-        return result.exit_code, result.stdout, fold
-
-    return run
 
 
 def created_id(stdout: str) -> str:

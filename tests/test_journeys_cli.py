@@ -9,15 +9,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
-from typer.testing import CliRunner
 
 from propel import journeys
-from propel.cli import app
 from propel.ingest.records import EventRecord, IngestItem, ProfileUpdate, key_hash
 from propel.ingest.service import ingest_sync
-
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 DEFINITION = {
     "name": "Welcome series",
@@ -36,23 +31,6 @@ BROKEN = {**DEFINITION, "holdout_pct": 0.5, "goal": None, "steps": [
      "content": {"variants": [{"name": "A", "split": 100, "title": "Hi", "body": "b"}]}},
     {"id": "pause", "type": "wait", "duration": {"days": -1}}]}
 MISCONNECTED = {**DEFINITION, "steps": [{**DEFINITION["steps"][0], "next": "thank"}]}
-
-
-@pytest.fixture
-def cli(propel, tenant):
-    """cli(*args, account=...) -> (exit code, stdout, stderr with whitespace folded)."""
-    env = {"PROPEL_DATA_DIR": str(propel.settings.data_dir), "PROPEL_ACCOUNT": tenant.id,
-           "PROPEL_SECRET_KEY": "test-secret", "PROPEL_LOG_FORMAT": "text",
-           "PROPEL_FAULTS": "", "COLUMNS": "200"}
-
-    def run(*args: str, account: str | None = None) -> tuple[int, str, str]:
-        result = CliRunner().invoke(app, list(args), env={
-            **env, "PROPEL_ACCOUNT": tenant.id if account is None else account})
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception  # a traceback is never the answer
-        return result.exit_code, result.stdout, " ".join(result.stderr.split())
-
-    return run
 
 
 def write(tmp_path, name: str, content: object) -> str:
