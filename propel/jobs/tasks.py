@@ -67,7 +67,9 @@ def _advance_journeys(propel: Propel) -> int:
     return advance(propel)["steps"]
 
 
-# name -> function(propel, **args); each feature registers its own.
+# name -> function(propel, **args); each feature registers its own. ``journeys.advance``
+# has no default schedule: ``propel serve`` and ``propel worker`` run it every few
+# seconds in a thread (``JourneyThread``); the task is there to run it on demand.
 TASKS: dict[str, Callable[..., Any]] = {
     "lake.compact": _compact,
     "lake.vacuum": _vacuum,
@@ -83,7 +85,6 @@ DEFAULT_SCHEDULES = [
     ("lake.vacuum", "lake.vacuum", DAY),
     ("ingest.prune_dedupe", "ingest.prune_dedupe", DAY),
     ("lake.delete_flushed", "lake.delete_flushed", 600),
-    ("journeys.advance", "journeys.advance", 60),
 ]
 
 
