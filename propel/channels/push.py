@@ -25,14 +25,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import httpx
 import orjson
 
 from propel.channels.base import ChannelError, Outbound, Outcome
-from propel.channels.webhook import (
+from propel.channels.http import (
+    FORM,
+    HttpClient,
+    HttpError,
+    HttpResponse,
     bounded_map,
     check_http_url,
-    http_client,
+    form_body,
     snippet,
     transport_outcome,
 )
@@ -120,7 +123,7 @@ def service_account_assertion(info: dict[str, Any], now: float | None = None) ->
 class _Credentials:
     """The bearer token for FCM: fixed, or minted from the service account and cached."""
 
-    def __init__(self, config: PushConfig, client: httpx.AsyncClient) -> None:
+    def __init__(self, config: PushConfig, client: HttpClient) -> None:
         self._config = config
         self._client = client
         self._token: str | None = config.access_token if not config.service_account else None
@@ -140,8 +143,9 @@ class _Credentials:
             sa = self._config.service_account or {}
             response = await self._client.post(
                 sa.get("token_uri") or GOOGLE_TOKEN_URI,
-                data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
-                      "assertion": service_account_assertion(sa)})
+                form_body({"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                           "assertion": service_account_assertion(sa)}),
+                {"Content-Type": FORM})
             if response.status_code != 200:
                 raise ChannelError(f"access token refused: HTTP {response.status_code}: "
                                    f"{snippet(response)}")
@@ -169,7 +173,7 @@ def fcm_message(ob: Outbound) -> dict[str, Any]:
     return message
 
 
-def _fcm_error(response: httpx.Response) -> tuple[str | None, str | None, bool, str]:
+def _fcm_error(response: HttpResponse) -> tuple[str | None, str | None, bool, str]:
     """(FCM errorCode, google.rpc status, is-about-the-token, message) of an error."""
     try:
         error = response.json().get("error") or {}
@@ -199,7 +203,7 @@ class PushChannel:
 
     def __init__(self, config: PushConfig) -> None:
         self.config = config
-        self._client = http_client(config.timeout, config.concurrency)
+        self._client = HttpClient(config.timeout, config.concurrency)
         self._credentials = _Credentials(config, self._client)
         self._url = (f"{config.base_url.rstrip('/')}/v1/projects/"
                      f"{config.resolved_project_id}/messages:send")
@@ -220,16 +224,15 @@ class PushChannel:
         for attempt in (1, 2):
             try:
                 token = await self._credentials.token()
-            except (ChannelError, httpx.HTTPError, KeyError, ValueError) as exc:
+            except (ChannelError, HttpError, KeyError, ValueError) as exc:
                 return Outcome(ob.key, delivered=False, retryable=True,
                                error=f"not sent: no FCM access token: {exc}")
             try:
                 response = await self._client.post(
-                    self._url, content=body,
-                    headers={"Authorization": f"Bearer {token}",
-                             "Content-Type": "application/json"})
-            except httpx.HTTPError as exc:
-                return transport_outcome(ob.key, exc, self.config.timeout)
+                    self._url, body,
+                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            except HttpError as exc:
+                return transport_outcome(ob.key, exc)
             if response.status_code == 401 and attempt == 1 and self._credentials.refreshable:
                 self._credentials.invalidate()  # expired or revoked: mint a new one once
                 continue
@@ -237,7 +240,7 @@ class PushChannel:
         return self._outcome(ob, response)
 
     @staticmethod
-    def _outcome(ob: Outbound, response: httpx.Response) -> Outcome:
+    def _outcome(ob: Outbound, response: HttpResponse) -> Outcome:
         status = response.status_code
         if status == 200:
             try:

@@ -20,13 +20,16 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import httpx
-
 from propel.channels.base import ChannelError, Outbound, Outcome
-from propel.channels.webhook import (
+from propel.channels.http import (
+    FORM,
+    HttpClient,
+    HttpError,
+    HttpResponse,
+    basic_auth,
     bounded_map,
     check_http_url,
-    http_client,
+    form_body,
     snippet,
     transport_outcome,
 )
@@ -104,10 +107,10 @@ class SmsChannel:
 
     def __init__(self, config: SmsConfig) -> None:
         self.config = config
-        self._client = http_client(config.timeout, config.concurrency)
+        self._client = HttpClient(config.timeout, config.concurrency)
         self._url = (f"{config.base_url.rstrip('/')}/2010-04-01/Accounts/"
                      f"{config.account_sid}/Messages.json")
-        self._auth = httpx.BasicAuth(config.api_key or config.account_sid, config.auth_token)
+        self._auth = basic_auth(config.api_key or config.account_sid, config.auth_token)
 
     async def send(self, batch: list[Outbound]) -> list[Outcome]:
         return await bounded_map(batch, self._send_one, self.config.concurrency)
@@ -130,14 +133,16 @@ class SmsChannel:
         if not ob.to:
             return Outcome(ob.key, delivered=False, error="no phone number")
         try:
-            response = await self._client.post(self._url, data=self.form(ob), auth=self._auth,
-                                               headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            return transport_outcome(ob.key, exc, self.config.timeout)
+            response = await self._client.post(
+                self._url, form_body(self.form(ob)),
+                {"Authorization": self._auth, "Content-Type": FORM,
+                 "Accept": "application/json"})
+        except HttpError as exc:
+            return transport_outcome(ob.key, exc)
         return self._outcome(ob, response)
 
     @staticmethod
-    def _outcome(ob: Outbound, response: httpx.Response) -> Outcome:
+    def _outcome(ob: Outbound, response: HttpResponse) -> Outcome:
         status = response.status_code
         try:
             body = response.json()

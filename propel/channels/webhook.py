@@ -12,8 +12,6 @@ exponential backoff, honouring ``Retry-After`` up to a cap. A longer ``Retry-Aft
 or a request that got no answer within the timeout, ends the attempt at once as
 retryable: waiting longer here would hold up the whole batch. Any other 4xx is the
 receiver saying no, permanently.
-
-This module also holds the HTTP plumbing that the push and SMS channels share.
 """
 
 from __future__ import annotations
@@ -21,112 +19,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
-import httpx
 import orjson
 
-from propel.channels.base import ChannelError, Outbound, Outcome
-
-log = logging.getLogger("propel.channels")
-USER_AGENT = "Propel/0.1 (+https://github.com/propel)"
-
-
-# -- shared HTTP plumbing -------------------------------------------------------------
-
-
-def http_client(timeout: float, concurrency: int) -> httpx.AsyncClient:
-    """A pooled client: at most ``concurrency`` connections, kept alive between
-    batches, so a batch of N messages opens ``concurrency`` connections, not N."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout),
-        limits=httpx.Limits(max_connections=concurrency,
-                            max_keepalive_connections=concurrency, keepalive_expiry=30),
-        headers={"User-Agent": USER_AGENT},
-        follow_redirects=False,
-    )
-
-
-async def bounded_map(batch: list[Outbound], fn: Callable[[Outbound], Awaitable[Outcome]],
-                      limit: int) -> list[Outcome]:
-    """Run ``fn`` over the batch, ``limit`` at a time, answering in batch order.
-
-    A bug in ``fn`` becomes that message's retryable outcome rather than an exception
-    that would lose the outcomes of the messages already sent.
-    """
-    gate = asyncio.Semaphore(limit)
-
-    async def one(ob: Outbound) -> Outcome:
-        async with gate:
-            try:
-                return await fn(ob)
-            except Exception as exc:
-                log.exception("channel failed on message %s", ob.key)
-                return Outcome(ob.key, delivered=False, retryable=True,
-                               error=f"internal error: {type(exc).__name__}: {exc}")
-
-    return list(await asyncio.gather(*(one(ob) for ob in batch)))
-
-
-def transport_outcome(key: str, exc: httpx.HTTPError, timeout: float) -> Outcome:
-    """A request that failed below HTTP. Before the request left (connect failed) a
-    retry is certainly safe; after it (no answer) the receiver may have acted on it,
-    which the error says, so a caller can tell the two apart."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return Outcome(key, delivered=False, retryable=True,
-                       error=f"not sent: cannot connect: {type(exc).__name__}: {exc}")
-    if isinstance(exc, httpx.TimeoutException):
-        return Outcome(key, delivered=False, retryable=True,
-                       error=f"outcome unknown: no answer within {timeout:g}s")
-    return Outcome(key, delivered=False, retryable=True,
-                   error=f"outcome unknown: {type(exc).__name__}: {exc}")
-
-
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    """``Retry-After`` as seconds (it may be a number or an HTTP date)."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def snippet(response: httpx.Response, limit: int = 200) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text[:limit]
-
-
-def http_error(response: httpx.Response) -> str:
-    text = snippet(response)
-    return f"HTTP {response.status_code}: {text}" if text else f"HTTP {response.status_code}"
-
-
-def check_http_url(channel: str, name: str, url: str) -> None:
-    problem = f"{channel}.{name} must be an http:// or https:// URL, got {url!r}"
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise ChannelError(f"{problem}: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ChannelError(problem)
-    if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise ChannelError(f"{problem}: port {parsed.port} is outside 1-65535")
-
+from propel.channels.base import Outbound, Outcome
+from propel.channels.http import (
+    HttpClient,
+    HttpError,
+    NoAnswer,
+    bounded_map,
+    check_http_url,
+    http_error,
+    retry_after_seconds,
+    transport_outcome,
+)
 
 # -- the webhook channel --------------------------------------------------------------
 
@@ -186,7 +95,7 @@ class WebhookChannel:
 
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
-        self._client = http_client(config.timeout, config.concurrency)
+        self._client = HttpClient(config.timeout, config.concurrency)
 
     async def send(self, batch: list[Outbound]) -> list[Outcome]:
         return await bounded_map(batch, self._send_one, self.config.concurrency)
@@ -211,12 +120,12 @@ class WebhookChannel:
             }
             wait = cfg.backoff * 2 ** (attempt - 1)
             try:
-                response = await self._client.post(cfg.url, content=body, headers=headers)
-            except httpx.TimeoutException as exc:
+                response = await self._client.post(cfg.url, body, headers)
+            except NoAnswer as exc:
                 # A receiver that hangs will not answer a second later either.
-                return transport_outcome(ob.key, exc, cfg.timeout)
-            except httpx.HTTPError as exc:
-                outcome = transport_outcome(ob.key, exc, cfg.timeout)
+                return transport_outcome(ob.key, exc)
+            except HttpError as exc:
+                outcome = transport_outcome(ob.key, exc)
             else:
                 status = response.status_code
                 if 200 <= status < 300:

@@ -12,7 +12,6 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
@@ -259,7 +258,7 @@ async def save_channel(request: Request, channel: str,
     if not errors:
         try:
             set_config(db, account_id, channel, raw)
-        except (ChannelError, httpx.InvalidURL) as exc:
+        except ChannelError as exc:
             errors = {"": str(exc)}
     if errors:
         return _page(request, session, status_code=422, channel_values={channel: shown},
@@ -276,7 +275,7 @@ async def test_channel(request: Request, channel: str,
     to = str(form.get("to", "")).strip() or None
     try:
         outcome = await send_test(propel_of(request), session.user.account_id, channel, to)
-    except (ChannelError, httpx.InvalidURL) as exc:
+    except ChannelError as exc:
         result = {"channel": channel, "to": to or "", "delivered": False, "error": str(exc)}
         return _page(request, session, status_code=422, test=result, focus=channel)
     result = {"channel": channel, "to": to or "", "delivered": outcome.delivered,
