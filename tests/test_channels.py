@@ -125,9 +125,9 @@ async def test_email_html_only_gets_a_text_part(smtp_peer: SmtpPeer) -> None:
     await channel.send([outbound("h1", "a@example.test", text="", html=html)])
     await channel.aclose()
     msg = smtp_peer.received[0].message
-    assert msg.get_body(("plain",)).get_content().splitlines() == ["Sale", "All shoes"]
+    assert msg.get_body(("plain",)).get_content().splitlines() == ["Sale", "", "All shoes"]
     assert msg["Message-ID"] == "<h1@mail.shop.test>"
-    assert html_to_text("<p>a</p><p>b</p>") == "a\nb"
+    assert html_to_text("<p>a</p><p>b</p>") == "a\n\nb"
 
 
 async def test_email_mixed_batch_maps_smtp_replies_and_keeps_order(smtp_peer: SmtpPeer) -> None:

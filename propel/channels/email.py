@@ -24,16 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.policy import EmailPolicy
 from email.utils import formatdate, parseaddr
-from html.parser import HTMLParser
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiosmtplib
 
 from propel.channels.base import ChannelError, Outbound, Outcome
+from propel.channels.html_text import html_to_text
+from propel.channels.mime import message_bytes
 
 SECURITY = ("starttls", "tls", "none")
 _DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
@@ -104,61 +104,15 @@ class EmailConfig:
         return self.port or _DEFAULT_PORTS[self.security]
 
 
-class _WirePolicy(EmailPolicy):
-    """SMTP line endings, and ASCII headers that must survive verbatim left unfolded.
-
-    The standard folder turns any word longer than a line into an RFC 2047 encoded-word
-    (``=?utf-8?q?=3Chttps...``): a signed unsubscribe URL in ``List-Unsubscribe`` would
-    reach the mailbox provider mangled, and one-click unsubscribe (RFC 8058) would not
-    work. Such headers are sent on one line instead (SMTP allows 998 characters).
-    """
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        text = str(value)
-        if (text.isascii() and len(name) + len(text) + 2 <= 998
-                and (name.lower().startswith("list-") or any(len(w) > 76 for w in text.split()))):
-            return f"{name}: {text}{self.linesep}".encode("ascii")
-        return super().fold_binary(name, value)
+_clock: list[Any] = [None, ""]
 
 
-_WIRE = _WirePolicy(linesep="\r\n")
-# Bodies are encoded 7-bit clean (quoted-printable or base64 as needed): they pass any
-# relay unchanged, so a DKIM signature over them survives relays without 8BITMIME.
-_BODY = EmailPolicy(cte_type="7bit")
-
-
-class _TextOf(HTMLParser):
-    """Plain text of an HTML body, for mail that came with HTML only: a message
-    without a text part scores worse with spam filters and is unreadable in text
-    clients."""
-
-    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("style", "script", "head"):
-            self._skip += 1
-        elif tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("style", "script", "head"):
-            self._skip = max(0, self._skip - 1)
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    parser = _TextOf()
-    parser.feed(html)
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-    return "\n".join(line for line in lines if line).strip()
+def _date() -> str:
+    """The Date header, formatted once a second rather than once a message."""
+    now = int(time.time())
+    if _clock[0] != now:
+        _clock[:] = [now, formatdate(now, usegmt=True)]
+    return _clock[1]
 
 
 def _is_address_bounce(code: int, message: str) -> bool:
@@ -196,34 +150,28 @@ class EmailChannel:
 
     # -- one message ---------------------------------------------------------------
 
-    def build_message(self, ob: Outbound) -> EmailMessage:
-        """The MIME message exactly as it goes on the wire (also used for previews)."""
+    def message(self, ob: Outbound, *, utf8: bool = False) -> bytes:
+        """The message exactly as it goes on the wire. ``ValueError`` when a header
+        value holds a line break."""
         cfg = self.config
-        msg = EmailMessage(policy=_BODY)
-        msg["From"] = cfg.from_address
-        msg["To"] = ob.to or ""
-        msg["Subject"] = ob.subject
-        msg["Date"] = formatdate(usegmt=True)
-        msg["Message-ID"] = f"<{ob.key}@{cfg.domain}>"
+        headers = [("From", cfg.from_address), ("To", ob.to or ""), ("Subject", ob.subject),
+                   ("Date", _date()), ("Message-ID", f"<{ob.key}@{cfg.domain}>")]
         if cfg.reply_to:
-            msg["Reply-To"] = cfg.reply_to
+            headers.append(("Reply-To", cfg.reply_to))
+        fixed = {name.lower() for name, _ in headers}
         for name, value in ob.headers.items():
-            if name.lower() in _STRUCTURAL:
+            lower = name.lower()
+            if lower in _STRUCTURAL:
                 continue
-            del msg[name]
-            msg[name] = value
-        msg.set_content(ob.text or html_to_text(ob.html))
-        if ob.html:
-            msg.add_alternative(ob.html, subtype="html")
-        return msg
+            if lower in fixed:  # the caller's value wins over ours
+                headers = [(n, v) for n, v in headers if n.lower() != lower]
+            headers.append((name, value))
+        return message_bytes(ob.key, headers, ob.text or html_to_text(ob.html), ob.html,
+                             utf8=utf8)
 
     async def _send_one(self, ob: Outbound) -> Outcome:
         if not ob.to:
             return Outcome(ob.key, delivered=False, error="no e-mail address")
-        try:
-            msg = self.build_message(ob)
-        except (ValueError, TypeError) as exc:  # e.g. a header value with a line break
-            return Outcome(ob.key, delivered=False, error=f"invalid message: {exc}")
         for attempt in (1, 2):
             if self._down is not None:
                 return Outcome(ob.key, delivered=False, retryable=True, error=self._down)
@@ -239,7 +187,7 @@ class EmailChannel:
                 continue
             stage = ["mail"]
             try:
-                return await self._transaction(smtp, ob, msg, stage)
+                return await self._transaction(smtp, ob, stage)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 await self._drop()
                 if stage[-1] != "data" and attempt == 1:
@@ -252,8 +200,8 @@ class EmailChannel:
                 return self._lost(ob, stage[-1], exc)
         return Outcome(ob.key, delivered=False, retryable=True, error=self._down)
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, ob: Outbound, msg: EmailMessage,
-                           stage: list[str]) -> Outcome:
+    async def _transaction(self, smtp: aiosmtplib.SMTP, ob: Outbound, stage: list[str]
+                           ) -> Outcome:
         """MAIL, RCPT, DATA one by one, so a failure is known to be before or after the
         relay took the message (``stage`` records how far it got)."""
         sender = self.config.return_path or self.config.from_addr
@@ -266,7 +214,10 @@ class EmailChannel:
         eight_bit = smtp.supports_extension("8bitmime")
         if eight_bit:
             options.append("BODY=8BITMIME")
-        raw = msg.as_bytes(policy=_WIRE.clone(utf8=utf8, cte_type="8bit" if eight_bit else "7bit"))
+        try:
+            raw = self.message(ob, utf8=utf8)
+        except (ValueError, TypeError) as exc:  # e.g. a header value with a line break
+            return Outcome(ob.key, delivered=False, error=f"invalid message: {exc}")
         if smtp.supports_extension("size"):
             options.insert(0, f"SIZE={len(raw)}")
         encoding = "utf-8" if utf8 else "ascii"
