@@ -212,6 +212,25 @@ def test_daily_cap_holds_under_concurrent_workers(propel, tenant):
     assert capped == 40 * 2
 
 
+def test_daily_cap_counts_every_message_of_a_user_in_one_batch(propel, tenant):
+    """Caps are taken for a whole batch at once: a user with three messages in the
+    batch must still get only as many as the cap allows."""
+    add_users(propel, tenant.id, 10)
+    for i in range(3):
+        c = make_campaign(propel, tenant.id, name=f"b{i}", holdout_pct=0, caps={"per_day": 2})
+        dispatch_campaign(propel, tenant.id, service.publish(propel, tenant.id, c.id).id)
+    channel = Recorder()
+    engine = DeliveryEngine(propel, batch_size=1000, channel_factory=lambda a, n: channel)
+    assert asyncio.run(engine.run_once()) == 30
+    per_user: dict[str, int] = {}
+    for m in channel.sent:
+        per_user[m.identity] = per_user.get(m.identity, 0) + 1
+    assert per_user == {f"u{i:04d}": 2 for i in range(10)}
+    with propel.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(messages).where(
+            messages.c.reason == "cap")).scalar() == 10
+
+
 def test_quiet_hours_drop_or_delay():
     dnd = {"start": "21:00", "end": "08:00", "action": "delay"}
     late = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)

@@ -18,6 +18,7 @@ import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from time import monotonic
 from typing import Any
 
 import orjson
@@ -33,6 +34,8 @@ from propel.profiles.tables import profiles
 
 log = logging.getLogger("propel.delivery")
 MAX_ATTEMPTS = 5
+PIPELINES = 2  # batches in flight per engine: one on the wire while another is claimed
+CHUNK = 500  # rows per statement: well under any driver's parameter limit
 DEDUPING = {"email": True, "webhook": True, "inbox": True, "push": False, "sms": False}
 
 
@@ -78,18 +81,20 @@ def _day(now: datetime) -> int:
     return int(now.timestamp() // 86400)
 
 
-def _take_daily_cap(conn: Connection, account_id: str, identity: str, day: int, cap: int
-                    ) -> bool:
-    """One more send today for this user, if under the cap: a single guarded upsert,
-    atomic under concurrent workers (row lock on PostgreSQL, the writer on SQLite)."""
+def _take_daily_caps(conn: Connection, account_id: str, identities: list[str], day: int,
+                     cap: int) -> set[str]:
+    """One more send today for each of these (distinct) users that is under the cap;
+    returns those that got one. A single guarded upsert, atomic under concurrent
+    workers (row locks on PostgreSQL, the writer on SQLite)."""
     stmt = upsert_insert(conn.dialect.name, send_counts).values(
-        account_id=account_id, identity=identity, day=day, sends=1)
+        [{"account_id": account_id, "identity": i, "day": day, "sends": 1}
+         for i in identities])
     stmt = stmt.on_conflict_do_update(
         index_elements=["account_id", "identity", "day"],
         set_={"sends": send_counts.c.sends + 1},
         where=send_counts.c.sends < cap,
-    ).returning(send_counts.c.sends)
-    return conn.execute(stmt).first() is not None
+    ).returning(send_counts.c.identity)
+    return {row.identity for row in conn.execute(stmt)}
 
 
 def _release_daily_cap(conn: Connection, account_id: str, identity: str, day: int) -> None:
@@ -98,14 +103,61 @@ def _release_daily_cap(conn: Connection, account_id: str, identity: str, day: in
         send_counts.c.day == day, send_counts.c.sends > 0).values(sends=send_counts.c.sends - 1))
 
 
-def _over_campaign_cap(conn: Connection, campaign: Campaign, identity: str) -> bool:
-    cap = (campaign.caps or {}).get("per_campaign")
-    if not cap:
-        return False
-    sent = conn.execute(select(func.count()).select_from(messages).where(
-        messages.c.campaign_id == campaign.id, messages.c.identity == identity,
-        messages.c.state.in_(("sending", "sent", "in_doubt")))).scalar()
-    return sent >= cap
+def _campaign_sends(conn: Connection, campaign_id: str, identities: list[str]
+                    ) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for start in range(0, len(identities), CHUNK):
+        out.update(conn.execute(
+            select(messages.c.identity, func.count()).where(
+                messages.c.campaign_id == campaign_id,
+                messages.c.identity.in_(identities[start:start + CHUNK]),
+                messages.c.state.in_(("sending", "sent", "in_doubt")))
+            .group_by(messages.c.identity)).tuples().all())
+    return out
+
+
+def _rounds(rows: list[Any]) -> list[list[Any]]:
+    """Split rows so each identity appears once per round (one upsert may not touch a
+    row twice); a user with two messages in the batch takes two rounds."""
+    rounds: list[list[Any]] = []
+    seen: dict[str, int] = defaultdict(int)
+    for r in rows:
+        k = seen[r.identity]
+        seen[r.identity] += 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(r)
+    return rounds
+
+
+def capped(conn: Connection, pending: list[tuple[Any, Campaign]], now: datetime) -> set[int]:
+    """Ids of the messages that frequency caps suppress, in batch order: a few
+    statements per batch rather than one per message."""
+    out: set[int] = set()
+    by_campaign: dict[str, list[Any]] = defaultdict(list)
+    for r, c in pending:
+        if (c.caps or {}).get("per_campaign"):
+            by_campaign[c.id].append((r, c.caps["per_campaign"]))
+    for campaign_id, items in by_campaign.items():
+        sent = _campaign_sends(conn, campaign_id, sorted({r.identity for r, _ in items}))
+        for r, cap in items:
+            if sent[r.identity] >= cap:
+                out.add(r.id)
+            else:
+                sent[r.identity] += 1
+    by_cap: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    for r, c in pending:
+        per_day = (c.caps or {}).get("per_day")
+        if per_day and r.id not in out:
+            by_cap[(r.account_id, per_day)].append(r)
+    for (account_id, cap), rows in by_cap.items():
+        for group in _rounds(rows):
+            for start in range(0, len(group), CHUNK):
+                part = group[start:start + CHUNK]
+                granted = _take_daily_caps(conn, account_id, [r.identity for r in part],
+                                           _day(now), cap)
+                out.update(r.id for r in part if r.identity not in granted)
+    return out
 
 
 class RateLimiter:
@@ -160,6 +212,9 @@ class DeliveryEngine:
         self.rate = RateLimiter()
         self._channels: dict[tuple[str, str], Channel] = {}
         self._factory = channel_factory
+        # Claims within one engine take turns (the rate limiter's state is shared);
+        # sends and records of different batches overlap.
+        self._claiming = threading.Lock()
 
     def _channel(self, account_id: str, name: str) -> Channel:
         key = (account_id, name)
@@ -185,7 +240,8 @@ class DeliveryEngine:
     def _claim_and_decide(self, now: datetime | None = None) -> tuple[list[Claimed], int]:
         """(messages to send now, messages otherwise decided: suppressed or delayed)."""
         now = now or utcnow()
-        return self.propel.db.write(lambda conn: self._claim(conn, now))
+        with self._claiming:
+            return self.propel.db.write(lambda conn: self._claim(conn, now))
 
     def _claim(self, conn: Connection, now: datetime) -> tuple[list[Claimed], int]:
         due = select(messages.c.id, messages.c.key, messages.c.identity, messages.c.variant,
@@ -202,20 +258,23 @@ class DeliveryEngine:
             campaigns.c.id.in_({r.campaign_id for r in rows}))).all()
         camps = {r.id: _from_row(r) for r in camp_rows}
         profs = self._profiles(conn, rows)
-        claimed: list[Claimed] = []
-        decided: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         budget = {cid: self.rate.allowance(c, now) for cid, c in camps.items()}
+        decided: list[tuple[int, dict[str, Any]]] = []
+        pending: list[tuple[Any, Campaign]] = []
         for r in rows:
             campaign = camps[r.campaign_id]
-            profile = profs.get((r.account_id, r.identity))
-            verdict = self._verdict(conn, campaign, r, profile, now, budget)
+            verdict = self._verdict(campaign, profs.get((r.account_id, r.identity)), now,
+                                    budget)
             if verdict is None:
-                claimed.append(Claimed(r.id, r.key, r.identity, r.variant, r.attempts + 1,
-                                       campaign, profile))
+                pending.append((r, campaign))
             elif verdict:
-                decided["x"].append((r.id, verdict))
-        for msg_id, values in decided["x"]:
-            conn.execute(update(messages).where(messages.c.id == msg_id).values(**values))
+                decided.append((r.id, verdict))
+        suppressed = capped(conn, pending, now)
+        claimed = [Claimed(r.id, r.key, r.identity, r.variant, r.attempts + 1, campaign,
+                           profs.get((r.account_id, r.identity)))
+                   for r, campaign in pending if r.id not in suppressed]
+        decided += [(msg_id, {"state": "suppressed", "reason": "cap"}) for msg_id in suppressed]
+        _record_decisions(conn, decided)
         ids = [c.id for c in claimed]
         for start in range(0, len(ids), 1000):
             conn.execute(update(messages).where(messages.c.id.in_(ids[start:start + 1000]))
@@ -223,7 +282,7 @@ class DeliveryEngine:
                                  claim_until=now + self.lease))
         for cid, n in _count_by(claimed).items():
             self.rate.spend(camps[cid], n, now)
-        return claimed, len(decided["x"])
+        return claimed, len(decided)
 
     @staticmethod
     def _profiles(conn: Connection, rows: list) -> dict[tuple[str, str], Any]:
@@ -237,9 +296,10 @@ class DeliveryEngine:
                 out[(account_id, p.identity)] = p
         return out
 
-    def _verdict(self, conn: Connection, campaign: Campaign, r: Any, profile: Any,
-                 now: datetime, budget: dict[str, int | None]) -> dict[str, Any] | None:
-        """None: send it now. Otherwise the values to record instead ({} = leave it)."""
+    def _verdict(self, campaign: Campaign, profile: Any, now: datetime,
+                 budget: dict[str, int | None]) -> dict[str, Any] | None:
+        """None: send it now, unless a cap says otherwise (see ``capped``). Otherwise
+        the values to record instead ({} = leave it for later)."""
         if campaign.status == "stopped":
             return {"state": "suppressed", "reason": "stopped"}
         consent = orjson.loads(profile.consent) if profile is not None else {}
@@ -255,21 +315,17 @@ class DeliveryEngine:
             if allowance <= 0:
                 return {}
             budget[campaign.id] = allowance - 1
-        if _over_campaign_cap(conn, campaign, r.identity):
-            return {"state": "suppressed", "reason": "cap"}
-        per_day = (campaign.caps or {}).get("per_day")
-        if per_day and not _take_daily_cap(conn, r.account_id, r.identity, _day(now), per_day):
-            return {"state": "suppressed", "reason": "cap"}
         return None
 
     # -- send and record ---------------------------------------------------------------
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Handle one batch; returns how many messages moved (sent, failed, suppressed,
-        delayed), 0 when nothing is due."""
+        delayed), 0 when nothing is due. Database work runs in a thread, so the event
+        loop keeps sending the batches of other ``run_once`` calls meanwhile."""
         now = now or utcnow()
-        recover_expired(self.propel, now)
-        claimed, decided = self._claim_and_decide(now)
+        await asyncio.to_thread(recover_expired, self.propel, now)
+        claimed, decided = await asyncio.to_thread(self._claim_and_decide, now)
         if not claimed:
             return decided
         faults.crash_point("deliver.after_claim")
@@ -280,23 +336,39 @@ class DeliveryEngine:
             await self._send_group(account_id, channel_name, batch, now)
         return len(claimed) + decided
 
+    async def run_batches(self, now: datetime | None = None, *, pipelines: int = PIPELINES,
+                          seconds: float | None = None) -> int:
+        """Handle batches until nothing is due (or, with ``seconds``, until that long has
+        passed), ``pipelines`` at a time: while one batch is on the wire, the next is
+        claimed and the last recorded. Returns how many messages moved."""
+        deadline = None if seconds is None else monotonic() + seconds
+
+        async def pipeline() -> int:
+            total = 0
+            while deadline is None or monotonic() < deadline:
+                moved = await self.run_once(now)
+                if not moved:
+                    break
+                total += moved
+            return total
+
+        return sum(await asyncio.gather(*(pipeline() for _ in range(pipelines))))
+
     async def drain(self, now: datetime | None = None) -> int:
         """Handle batches until nothing is due, then close the channels; returns how many
         messages moved. For commands and tests; the server runs ``DeliveryThread``."""
-        total = 0
         try:
-            while moved := await self.run_once(now):
-                total += moved
+            return await self.run_batches(now)
         finally:
             await self.aclose()
-        return total
 
     async def _send_group(self, account_id: str, channel_name: str, batch: list[Claimed],
                           now: datetime) -> None:
         from propel.campaigns.compose import compose
         from propel.predictions.properties import score_properties
 
-        scores = score_properties(self.propel.db, account_id, [c.identity for c in batch])
+        scores = await asyncio.to_thread(score_properties, self.propel.db, account_id,
+                                         [c.identity for c in batch])
         outbound: list[Outbound] = []
         failed: list[Outcome] = []
         for c in batch:
@@ -313,7 +385,7 @@ class DeliveryEngine:
             outcomes = [Outcome(o.key, delivered=False, retryable=True, error=str(exc))
                         for o in outbound]
         faults.crash_point("deliver.after_send")
-        self.record(batch, outcomes + failed, now)
+        await asyncio.to_thread(self.record, batch, outcomes + failed, now)
 
     def record(self, batch: list[Claimed], outcomes: list[Outcome], now: datetime) -> None:
         by_key = {c.key: c for c in batch}
@@ -365,6 +437,16 @@ class DeliveryEngine:
                 revoke_consent(self.propel, account_id, identity, channel, "bounce")
 
 
+def _record_decisions(conn: Connection, decided: list[tuple[int, dict[str, Any]]]) -> None:
+    """One executemany per shape of decision (suppressed with a reason, or delayed)."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for msg_id, values in decided:
+        shapes[tuple(sorted(values))].append({"_id": msg_id, **values})
+    for names, params in shapes.items():
+        conn.execute(update(messages).where(messages.c.id == bindparam("_id")).values(
+            {name: bindparam(name, type_=messages.c[name].type) for name in names}), params)
+
+
 def _count_by(claimed: list[Claimed]) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
     for c in claimed:
@@ -404,7 +486,8 @@ class DeliveryThread(threading.Thread):
                     for campaign_id in due_campaigns(self.propel):
                         account = _account_of(self.propel, campaign_id)
                         dispatch_campaign(self.propel, account, campaign_id)
-                    sent = await engine.run_once()
+                    # a time budget, so new due campaigns start meanwhile
+                    sent = await engine.run_batches(seconds=5.0)
                     finish_dispatches(self.propel)
                 except Exception:  # keep delivering after a transient failure
                     log.exception("delivery loop failed; retrying")
