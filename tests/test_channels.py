@@ -86,6 +86,22 @@ async def test_email_batch_of_50_travels_over_one_connection(smtp_peer: SmtpPeer
     await channel.aclose()
 
 
+async def test_email_large_batch_is_spread_over_the_configured_connections(
+        smtp_peer: SmtpPeer) -> None:
+    channel = EmailChannel(email_config(smtp_peer, connections=3))
+    batch = [outbound(f"w{i:03d}", f"user{i}@example.test") for i in range(200)]
+    outcomes = await channel.send(batch)
+    assert [o.key for o in outcomes] == [ob.key for ob in batch]
+    assert all(o.delivered for o in outcomes)
+    assert sorted(m.message_id for m in smtp_peer.received) == sorted(
+        f"<w{i:03d}@shop.test>" for i in range(200))  # each once
+    assert smtp_peer.connections == 3 and channel.connections == 3
+    # 120 messages make two runs of at least 50: two of the open connections carry them.
+    assert all(o.delivered for o in await channel.send(batch[:120]))
+    assert smtp_peer.connections == 3
+    await channel.aclose()
+
+
 async def test_email_is_multipart_with_stable_message_id_and_unsubscribe_headers(
         smtp_peer: SmtpPeer) -> None:
     ob = outbound("m7f3a", "ada@example.test", subject="Grüße — 20% off 🎉",

@@ -223,7 +223,7 @@ def test_a_broken_url_is_a_clear_error_not_a_crash(dashboard, shop):
     page = _post(dashboard, "/settings/channels/webhook",
                  {"url": "http://[::1", "secret": "s" * 20})
     assert page.status_code == 422 and "must be an http:// or https:// URL" in page.text
-    assert "Invalid port" in page.text
+    assert "Invalid IPv6 URL" in page.text
 
 
 def test_unknown_channel_is_404(dashboard):

@@ -1,8 +1,11 @@
 """E-mail over SMTP (aiosmtplib).
 
-One connection serves a whole batch (and stays open for the next): opening a TLS
-session and logging in costs more than sending a message, and relays throttle clients
-that reconnect for every mail. The transaction runs MAIL, RCPT, DATA step by step, so
+Connections stay open from batch to batch: opening a TLS session and logging in costs
+more than sending a message, and relays throttle clients that reconnect for every
+mail. A small batch travels over one connection; a large one is spread over up to
+``connections`` (default 4) side by side, because each message costs several round
+trips to the relay (MAIL, RCPT, DATA, the content), and one connection spends most of
+its time waiting for answers. The transaction runs MAIL, RCPT, DATA step by step, so
 when the connection drops it is known whether the relay could have the message: before
 DATA it cannot, and the message is resent at once on a new connection; during DATA it
 may, and the message is answered retryable ("outcome unknown"). If a connection cannot
@@ -38,6 +41,7 @@ from propel.channels.mime import message_bytes
 SECURITY = ("starttls", "tls", "none")
 _DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 # Set by the channel itself (or never sent); a caller's header of the same name is ignored.
+LANE_MIN = 50  # messages a connection should carry before another one is opened
 _STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version", "bcc"}
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -75,6 +79,10 @@ class EmailConfig:
                                 "help": "Seconds to wait for any one SMTP reply."})
     validate_certs: bool = field(
         default=True, metadata={"help": "Verify the relay's TLS certificate."})
+    connections: int = field(
+        default=4, metadata={"min": 1, "max": 32,
+                             "help": "SMTP connections a large batch is spread over; a batch "
+                                     "of fewer than 50 messages per connection uses fewer."})
     ca_file: str | None = field(
         default=None, metadata={"help": "PEM bundle to verify the relay with (private CA)."})
 
@@ -127,15 +135,67 @@ def _is_address_bounce(code: int, message: str) -> bool:
     return code in (550, 551, 553)
 
 
+def wire_message(config: EmailConfig, ob: Outbound, *, utf8: bool = False) -> bytes:
+    """The message exactly as it goes on the wire. ``ValueError`` when a header value
+    holds a line break."""
+    headers = [("From", config.from_address), ("To", ob.to or ""), ("Subject", ob.subject),
+               ("Date", _date()), ("Message-ID", f"<{ob.key}@{config.domain}>")]
+    if config.reply_to:
+        headers.append(("Reply-To", config.reply_to))
+    fixed = {name.lower() for name, _ in headers}
+    for name, value in ob.headers.items():
+        lower = name.lower()
+        if lower in _STRUCTURAL:
+            continue
+        if lower in fixed:  # the caller's value wins over ours
+            headers = [(n, v) for n, v in headers if n.lower() != lower]
+        headers.append((name, value))
+    return message_bytes(ob.key, headers, ob.text or html_to_text(ob.html), ob.html,
+                         utf8=utf8)
+
+
 class EmailChannel:
-    """Sends each batch over one SMTP connection, kept open between batches."""
+    """Sends each batch over up to ``config.connections`` SMTP connections, kept open
+    between batches: a large batch is split into contiguous runs, one per connection,
+    sent side by side; a batch of fewer than ``LANE_MIN`` messages per connection uses
+    fewer connections (a small one, a single connection)."""
 
     name = "email"
     dedupes = True
 
     def __init__(self, config: EmailConfig) -> None:
         self.config = config
-        self.connections = 0  # opened so far; tests and metrics read it
+        self._lanes = [_Lane(config) for _ in range(config.connections)]
+
+    @property
+    def connections(self) -> int:
+        """Connections opened so far; tests and metrics read it."""
+        return sum(lane.connections for lane in self._lanes)
+
+    async def send(self, batch: list[Outbound]) -> list[Outcome]:
+        if not batch:
+            return []
+        lanes = min(len(self._lanes), max(1, len(batch) // LANE_MIN))
+        size = -(-len(batch) // lanes)
+        runs = [batch[start:start + size] for start in range(0, len(batch), size)]
+        results = await asyncio.gather(*(lane.send(run) for lane, run in zip(self._lanes, runs,
+                                                                             strict=False)))
+        return [outcome for result in results for outcome in result]
+
+    async def aclose(self) -> None:
+        for lane in self._lanes:
+            await lane.drop(polite=True)
+
+    def message(self, ob: Outbound, *, utf8: bool = False) -> bytes:
+        return wire_message(self.config, ob, utf8=utf8)
+
+
+class _Lane:
+    """One SMTP connection and the conversation on it, one message at a time."""
+
+    def __init__(self, config: EmailConfig) -> None:
+        self.config = config
+        self.connections = 0
         self._smtp: aiosmtplib.SMTP | None = None
         self._down: str | None = None
         self._lock = asyncio.Lock()
@@ -144,30 +204,6 @@ class EmailChannel:
         async with self._lock:  # one SMTP conversation at a time on the connection
             self._down = None  # every batch gets a fresh chance to connect
             return [await self._send_one(ob) for ob in batch]
-
-    async def aclose(self) -> None:
-        await self._drop(polite=True)
-
-    # -- one message ---------------------------------------------------------------
-
-    def message(self, ob: Outbound, *, utf8: bool = False) -> bytes:
-        """The message exactly as it goes on the wire. ``ValueError`` when a header
-        value holds a line break."""
-        cfg = self.config
-        headers = [("From", cfg.from_address), ("To", ob.to or ""), ("Subject", ob.subject),
-                   ("Date", _date()), ("Message-ID", f"<{ob.key}@{cfg.domain}>")]
-        if cfg.reply_to:
-            headers.append(("Reply-To", cfg.reply_to))
-        fixed = {name.lower() for name, _ in headers}
-        for name, value in ob.headers.items():
-            lower = name.lower()
-            if lower in _STRUCTURAL:
-                continue
-            if lower in fixed:  # the caller's value wins over ours
-                headers = [(n, v) for n, v in headers if n.lower() != lower]
-            headers.append((name, value))
-        return message_bytes(ob.key, headers, ob.text or html_to_text(ob.html), ob.html,
-                             utf8=utf8)
 
     async def _send_one(self, ob: Outbound) -> Outcome:
         if not ob.to:
@@ -189,14 +225,14 @@ class EmailChannel:
             try:
                 return await self._transaction(smtp, ob, stage)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
-                await self._drop()
+                await self.drop()
                 if stage[-1] != "data" and attempt == 1:
                     # The server hung up before taking any of this message (an idle
                     # connection it had closed, a restart): resend on a new connection.
                     continue
                 return self._lost(ob, stage[-1], exc)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                await self._drop()
+                await self.drop()
                 return self._lost(ob, stage[-1], exc)
         return Outcome(ob.key, delivered=False, retryable=True, error=self._down)
 
@@ -215,7 +251,7 @@ class EmailChannel:
         if eight_bit:
             options.append("BODY=8BITMIME")
         try:
-            raw = self.message(ob, utf8=utf8)
+            raw = wire_message(self.config, ob, utf8=utf8)
         except (ValueError, TypeError) as exc:  # e.g. a header value with a line break
             return Outcome(ob.key, delivered=False, error=f"invalid message: {exc}")
         if smtp.supports_extension("size"):
@@ -248,7 +284,7 @@ class EmailChannel:
     async def _rejected(self, smtp: aiosmtplib.SMTP, ob: Outbound, code: int, message: str, *,
                         at_rcpt: bool) -> Outcome:
         if code == 421:  # the server is closing this connection
-            await self._drop()
+            await self.drop()
         elif smtp.is_connected:  # end the half-open envelope before the next message
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                 await smtp.rset()
@@ -263,7 +299,7 @@ class EmailChannel:
     async def _connection(self) -> aiosmtplib.SMTP:
         if self._smtp is not None and self._smtp.is_connected:
             return self._smtp
-        await self._drop()
+        await self.drop()
         cfg = self.config
         smtp = aiosmtplib.SMTP(
             hostname=cfg.host,
@@ -283,7 +319,7 @@ class EmailChannel:
         self._smtp = smtp
         return smtp
 
-    async def _drop(self, *, polite: bool = False) -> None:
+    async def drop(self, *, polite: bool = False) -> None:
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return

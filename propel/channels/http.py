@@ -187,7 +187,7 @@ def check_http_url(channel: str, name: str, url: str) -> None:
     try:
         parsed = yarl.URL(url)
     except (ValueError, TypeError) as exc:
-        detail = "its port is outside 1-65535" if "port" in str(exc).lower() else str(exc)
+        detail = "its port is outside 1-65535" if "out of range" in str(exc) else str(exc)
         raise ChannelError(f"{problem}: {detail}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ChannelError(problem)
