@@ -2,11 +2,14 @@
 
 A campaign of N users is dispatched and delivered by the real delivery engine to a
 loopback SMTP sink (aiosmtpd, counting unique Message-IDs) and to a loopback webhook
-receiver (counting unique Idempotency-Keys). Prints messages/s for each.
+receiver (aiohttp's server, counting unique Idempotency-Keys), both in a process of
+their own. Prints messages/s for each, and the CPU time per message of the senders
+and of the receivers, which decides the rate when all of them share two cores.
 
-    python benchmarks/bench_delivery.py --users 20000 [--postgres URL]
+    python benchmarks/bench_delivery.py --users 20000 [--processes 2] [--postgres URL]
 
-Target: >= 2,000 messages/s on 2 cores.
+``--processes N`` delivers with N worker processes side by side, as N ``propel worker``
+processes would. Target: >= 2,000 messages/s on 2 cores.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import cProfile
 import multiprocessing
 import os
 import pstats
+import resource
 import secrets
 import socket
 import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,26 @@ def _users(propel: Any, account: str, n: int) -> None:
         ingest_sync(propel.db, account, items, [], "bench")
 
 
-def _run(propel: Any, account: str, channel: str, content: dict) -> tuple[int, float]:
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _drain(settings: Any) -> int:
+    from propel.campaigns.delivery import DeliveryEngine
+    from propel.core import Propel
+
+    propel = Propel(settings)
+    try:
+        return asyncio.run(DeliveryEngine(propel, batch_size=1000).drain())
+    finally:
+        propel.close()
+
+
+def _run(propel: Any, account: str, channel: str, content: dict, processes: int
+         ) -> tuple[int, float]:
     from propel.campaigns import service
     from propel.campaigns.delivery import DeliveryEngine
     from propel.campaigns.dispatch import dispatch_campaign
@@ -56,14 +78,20 @@ def _run(propel: Any, account: str, channel: str, content: dict) -> tuple[int, f
     started = time.perf_counter()
     dispatch_campaign(propel, account, c.id)
 
-    sent = asyncio.run(DeliveryEngine(propel, batch_size=1000).drain())
+    if processes == 1:
+        sent = asyncio.run(DeliveryEngine(propel, batch_size=1000).drain())
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            sent = sum(pool.map(_drain, [propel.settings] * processes))
     return sent, time.perf_counter() - started
 
 
 def _serve_sinks(pipe: Any) -> None:
     """The receivers, in a process of their own as real ones would be: an SMTP sink
     counting unique Message-IDs and a webhook receiver counting unique keys. Sends the
-    ports, then answers each "count" with the two counts, until "stop"."""
+    ports, then answers each "count" with the two counts and the process's CPU seconds,
+    until "stop"."""
+    from aiohttp import web
     from aiosmtpd.controller import Controller
 
     ids: set[str] = set()
@@ -77,37 +105,37 @@ def _serve_sinks(pipe: Any) -> None:
                     break
             return "250 OK"
 
-    class Hook(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("content-length", 0)))
-            keys.add(self.headers.get("idempotency-key", ""))
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *a: Any) -> None:
-            pass
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        keys.add(request.headers.get("idempotency-key", ""))
+        return web.Response(status=200)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         smtp_port = s.getsockname()[1]
     smtp = Controller(Sink(), hostname="127.0.0.1", port=smtp_port)
     smtp.start()
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    pipe.send((smtp_port, http.server_address[1]))
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/h", hook)
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.SockSite(runner, socket.create_server(("127.0.0.1", 0)))
+    loop.run_until_complete(site.start())
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    pipe.send((smtp_port, site._sock.getsockname()[1]))
     while pipe.recv() == "count":
-        pipe.send((len(ids), len(keys)))
+        pipe.send((len(ids), len(keys), _cpu()))
     smtp.stop()
-    http.shutdown()
+    loop.call_soon_threadsafe(loop.stop)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--postgres", help="PostgreSQL URL (default: embedded SQLite)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="delivery worker processes side by side (default 1)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the deliveries here")
     args = parser.parse_args()
 
@@ -136,22 +164,27 @@ def main() -> None:
             "url": f"http://127.0.0.1:{http_port}/h", "secret": secrets.token_urlsafe(24)})
         db = "PostgreSQL" if args.postgres else "SQLite"
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-              f"receivers in a separate process")
+              f"receivers in a separate process; {args.processes} delivery process(es)")
         for index, (channel, content) in enumerate((
                 ("email", {"subject": "Hi {{ user.first_name | default('there') }}",
                            "html": "<p>Hello {{ user.first_name | default('') }}, "
                                    "<a href='https://shop.example/x'>shop</a></p>"}),
                 ("webhook", {"title": "Hi", "body": "Hello {{ user.plan | default('') }}"}))):
+            ours.send("count")
+            sink_before, cpu_before = ours.recv()[2], _cpu()
             if profiler:
                 profiler.enable()
-            sent, seconds = _run(propel, account, channel, content)
+            sent, seconds = _run(propel, account, channel, content, args.processes)
             if profiler:
                 profiler.disable()
             ours.send("count")
-            seen = ours.recv()[index]
+            counts = ours.recv()
+            senders = (_cpu() - cpu_before) / sent * 1000
+            receiver = (counts[2] - sink_before) / sent * 1000
             print(f"{channel:8s} {db:10s} {sent:,} messages in {seconds:.1f}s = "
                   f"{sent / seconds:,.0f} messages/s ({sent / seconds / 2000:.2f} of the "
-                  f"2,000/s target); receiver saw {seen:,} unique")
+                  f"2,000/s target); receiver saw {counts[index]:,} unique; CPU per "
+                  f"message: senders {senders:.2f} ms, receiver {receiver:.2f} ms")
         propel.close()
     ours.send("stop")
     sinks.join(timeout=10)

@@ -84,17 +84,18 @@ def _day(now: datetime) -> int:
 def _take_daily_caps(conn: Connection, account_id: str, identities: list[str], day: int,
                      cap: int) -> set[str]:
     """One more send today for each of these (distinct) users that is under the cap;
-    returns those that got one. A single guarded upsert, atomic under concurrent
-    workers (row locks on PostgreSQL, the writer on SQLite)."""
+    returns those that got one. A guarded upsert, atomic under concurrent workers (row
+    locks on PostgreSQL, the writer on SQLite), run as one executemany: the driver
+    batches the rows, and the statement compiles once rather than once per batch."""
     stmt = upsert_insert(conn.dialect.name, send_counts).values(
-        [{"account_id": account_id, "identity": i, "day": day, "sends": 1}
-         for i in identities])
+        account_id=bindparam("a"), identity=bindparam("i"), day=bindparam("d"), sends=1)
     stmt = stmt.on_conflict_do_update(
         index_elements=["account_id", "identity", "day"],
         set_={"sends": send_counts.c.sends + 1},
         where=send_counts.c.sends < cap,
     ).returning(send_counts.c.identity)
-    return {row.identity for row in conn.execute(stmt)}
+    params = [{"a": account_id, "i": identity, "d": day} for identity in identities]
+    return {row.identity for row in conn.execute(stmt, params)}
 
 
 def _release_daily_cap(conn: Connection, account_id: str, identity: str, day: int) -> None:
