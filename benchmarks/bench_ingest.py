@@ -18,6 +18,7 @@ and what the lake reader saw.
     .venv/bin/python benchmarks/bench_ingest.py --duration 30 --postgres \\
         postgresql+psycopg://postgres@127.0.0.1:5432/test
     .venv/bin/python benchmarks/bench_ingest.py --profile 20          # + py-spy top
+    .venv/bin/python benchmarks/bench_ingest.py --workers 2           # serve --workers 2
 
 Target: >= 25,000 events/s on SQLite.
 """
@@ -151,13 +152,25 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return proc.stdout
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (all its threads) has used, from /proc."""
+def _stat(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) and its live children
+    (``serve --workers``) have used, from /proc."""
+    fields = _stat(pid)
+    if fields is None:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = int(fields[11]) + int(fields[12])
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        child = _stat(int(stat.parent.name))
+        if child is not None and int(child[1]) == pid:
+            total += int(child[11]) + int(child[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -263,6 +276,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (propel serve --workers)")
     parser.add_argument("--batch", type=int, default=100, help="events per request")
     parser.add_argument("--flush-seconds", type=float, default=1.0,
                         help="PROPEL_FLUSH_SECONDS of the server")
@@ -308,11 +323,12 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     log = (folder / "server.log").open("ab")
     # In this session (and scheduler group) on purpose: see benchmarks/README.md.
-    server = subprocess.Popen([PROPEL, "serve", "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([PROPEL, "serve", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", str(args.workers)],
                               env=env, stdout=log, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # workers import all of Propel first
         while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:

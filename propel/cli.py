@@ -44,7 +44,11 @@ app.add_typer(journeys_app, name="journeys")
 
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
-          background: bool = typer.Option(True, help="Run flusher and task consumer here.")
+          background: bool = typer.Option(True, help="Run flusher and task consumer here."),
+          workers: int = typer.Option(
+              1, min=1, max=64,
+              help="Server processes sharing the port, so requests use every core; "
+                   "background work runs in one of them."),
           ) -> None:
     """Serve the APIs (and, embedded, the background work)."""
     import uvicorn
@@ -55,14 +59,21 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     settings = Settings()
     configure_logging(settings.log_format)
     propel = _propel()
-    application = create_app(propel=propel, background=background)
-    err.print(f"Propel listening on http://{host}:{port}  (dashboard: /, API docs: /docs)")
+    err.print(f"Propel listening on http://{host}:{port}  (dashboard: /, API docs: /docs)"
+              + (f"; {workers} worker processes" if workers > 1 else ""))
     from propel.accounts.users import count_users
 
     if count_users(propel.db) == 0:
         err.print("No dashboard users yet: create one with `propel users create "
                   "you@example.com --role admin --account ID` (`propel accounts list` "
                   "shows the ids), then sign in.")
+    if workers > 1:
+        from propel.serving import serve_workers
+
+        propel.close()  # migrated; each worker opens its own
+        serve_workers(host, port, workers, background=background)
+        return
+    application = create_app(propel=propel, background=background)
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
 
 

@@ -56,6 +56,7 @@ class ServerConfig:
     log_format: str = "text"
     secret_key: str = "killloop-secret"
     extra_env: dict[str, str] = field(default_factory=dict)
+    serve_args: tuple[str, ...] = ()  # e.g. ("--workers", "2")
 
     def env(self, faults: str = "") -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROPEL_")}
@@ -107,7 +108,8 @@ class ServerProcess:
             log.flush()
             # a session of its own: terminal signals meant for pytest do not reach it
             self.proc = subprocess.Popen(
-                [PROPEL, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [PROPEL, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 *self.config.serve_args],
                 env=self.config.env(faults), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -139,12 +141,15 @@ class ServerProcess:
         raise RuntimeError(f"propel serve did not become ready:\n{self.log_tail()}")
 
     def kill9(self) -> int | None:
-        """SIGKILL this server (only its own process id) and reap it."""
+        """SIGKILL this server and its worker processes (its session's process group;
+        nothing else) and reap it."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.wait(timeout=30)
 
     def stop(self, timeout: float = 30) -> int | None:

@@ -1,0 +1,63 @@
+"""``propel serve --workers N``: N server processes sharing one port.
+
+One Python process serves requests under one interpreter lock, so ingest tops out at
+about one core however many the machine has. With ``--workers N`` the supervisor
+(uvicorn's) starts N processes that accept on the same socket; each is a whole Propel
+app with its own database connections and, on SQLite, its own writer thread (SQLite's
+file lock serialises writers across processes; each process still groups its own
+commits).
+
+Background work — the lake flusher, delivery, journeys, the task consumer — runs in
+exactly one of them: the worker holding an exclusive lock on
+``PROPEL_DATA_DIR/serve-background.lock``. The lock goes with its process, so when
+that worker dies the supervisor's replacement takes it over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from fastapi import FastAPI
+
+from propel.settings import Settings
+
+BACKGROUND_ENV = "PROPEL_SERVE_BACKGROUND"
+_held: list[int] = []  # the lock's file descriptor, open for the process's lifetime
+
+
+def take_background_lock(settings: Settings) -> bool:
+    """True when this process is (now) the one that runs background work."""
+    if _held:
+        return True
+    path = settings.data_dir / "serve-background.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn calls it in each)."""
+    from propel.app import create_app
+    from propel.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_format)
+    background = os.environ.get(BACKGROUND_ENV, "1") == "1" and take_background_lock(settings)
+    return create_app(settings, background=background)
+
+
+def serve_workers(host: str, port: int, workers: int, *, background: bool = True) -> None:
+    import uvicorn
+
+    os.environ[BACKGROUND_ENV] = "1" if background else "0"
+    uvicorn.run("propel.serving:worker_app", factory=True, host=host, port=port,
+                workers=workers, log_config=None, access_log=False,
+                # a worker imports all of Propel before it answers the supervisor
+                timeout_worker_healthcheck=60)
