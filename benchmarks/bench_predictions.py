@@ -14,7 +14,7 @@ training <= 180 s, peak <= 4 GiB). ``--data DIR`` keeps the data dirs for re-run
 
 ``quality``: per data set (``demo-5k``, ``syn-<N>k-s<seed>[-variant]``,
 ``cdnow-<window>[-all]``, see ``data_set``), the training pipeline's own steps, then
-AUC / log loss of LightGBM, logistic regression and BG/NBD on the validation users and
+AUC / log loss of LightGBM, the blend, logistic regression and BG/NBD on the validation users and
 on a forward window the pipeline never saw, as a Markdown table.
 """
 
@@ -323,7 +323,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def quality_table(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per data set, AUC / log loss per kind on validation (held-out
     half of the newest labelled snapshot) and forward (the next window, never seen)."""
-    kinds = ("lightgbm", "logistic", "bgnbd")
+    kinds = ("lightgbm", "blend", "logistic", "bgnbd")
     head = ("| data set | window | val users (rate) | "
             + " | ".join(f"{k} val AUC / LL" for k in kinds)
             + " | fwd users (rate) | "
@@ -349,6 +349,27 @@ def quality_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def promoted_summary(results: list[dict[str, Any]]) -> str:
+    """Markdown: the promoted model against each baseline, mean over the data sets of
+    the difference in log loss (negative is better) and AUC, on validation and forward,
+    and on how many data sets it is strictly better."""
+    lines = ["| promoted vs | val Δ LL (better) | fwd Δ LL (better) | val Δ AUC (better) | "
+             "fwd Δ AUC (better) |", "|---|---|---|---|---|"]
+    for base in ("logistic", "bgnbd"):
+        cells = []
+        for metric, lower in (("log_loss", True), ("fwd_log_loss", True), ("auc", False),
+                              ("fwd_auc", False)):
+            diffs = [r["kinds"][r["chosen"]][metric] - r["kinds"][base][metric]
+                     for r in results if base in r["kinds"]
+                     and r["kinds"][r["chosen"]].get(metric) is not None
+                     and r["kinds"][base].get(metric) is not None]
+            better = sum((d < 0) if lower else (d > 0) for d in diffs)
+            cells.append(f"{sum(diffs) / len(diffs):+.4f} ({better}/{len(diffs)})"
+                         if diffs else "-")
+        lines.append(f"| {base} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_quality(args: argparse.Namespace) -> None:
     root = args.data or Path(tempfile.mkdtemp(prefix="propel-bench-quality-"))
     results = []
@@ -364,6 +385,8 @@ def run_quality(args: argparse.Namespace) -> None:
               f"{_fmt(lgb.get('auc'), 3)} in {result['seconds']:.0f}s", flush=True)
     print()
     print(quality_table(results))
+    print()
+    print(promoted_summary(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 
@@ -408,12 +431,14 @@ def _timed(module: Any, name: str, bucket: dict[str, float]) -> None:
 def phase_child(phase: str, data_dir: Path) -> dict[str, Any]:
     """One phase (train or score) in this process, so peak memory is that phase's."""
     from propel.predictions import create_prediction, registry, scoring, training
+    from propel.predictions.blend import BlendModel
     from propel.predictions.model import LikelihoodModel
     from propel.predictions.spec import from_template
 
     propel = open_propel(data_dir)
     account = account_of(propel)
     times: dict[str, float] = {}
+    blend_times: dict[str, float] = {}  # a blend's time includes its members' (above)
     base = PeakMemory.mib()
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -440,8 +465,11 @@ def phase_child(phase: str, data_dir: Path) -> dict[str, Any]:
             _timed(scoring, name, times)
         for name in ("raw_score", "predict_proba", "contributions"):
             _timed(LikelihoodModel, name, times)
+        for name in ("raw_score", "predict_proba", "contributions"):
+            _timed(BlendModel, name, blend_times)
         result = scoring.score_prediction(propel, prediction, as_of=END)
-        out = {"rows": result.rows, "changed": result.changed, "groups": result.group_sizes}
+        out = {"rows": result.rows, "changed": result.changed, "groups": result.group_sizes,
+               "blend": {f"blend.{k}": round(v, 2) for k, v in blend_times.items()}}
     out.update(seconds=time.perf_counter() - started, parts=times,
                peak_mib=PeakMemory.mib(), start_mib=base, load_before=load,
                load_after=os.getloadavg()[0])

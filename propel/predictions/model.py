@@ -13,6 +13,9 @@ regression on the same features gives every row its starting log-odds (LightGBM'
 linear data, early stopping then keeps few trees and the model is close to the linear
 one; on large data with interactions the trees take over. Its raw score is the sum of
 both parts, and so are its per-feature contributions.
+
+The fourth candidate, an average of these three, is ``blend.BlendModel``; it reads
+each member's calibrated probability as log-odds (``log_odds``).
 """
 
 from __future__ import annotations
@@ -59,13 +62,27 @@ class BgNbdFeatures:
         return x, tx, np.maximum(T, tx)
 
     def columns(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The two feature columns, without copying the frame."""
+        """The two feature columns, without copying the frame. Kept for the last frame:
+        the candidates of one training share this object (and still do after
+        unpickling a blend of them), so they compute the columns once per frame."""
+        last = self.__dict__.get("_last")
+        if last is not None and last[0]() is frame and last[1] == frame.shape:
+            return last[2]
         if self.model_ is None:
             empty = np.full(len(frame), np.nan)
-            return {"bgnbd_expected": empty, "bgnbd_p_alive": empty}
-        x, tx, T = self._inputs(frame)
-        return {"bgnbd_expected": self.model_.expected_transactions(self.window_days, x, tx, T),
-                "bgnbd_p_alive": self.model_.probability_alive(x, tx, T)}
+            out = {"bgnbd_expected": empty, "bgnbd_p_alive": empty}
+        else:
+            x, tx, T = self._inputs(frame)
+            out = {"bgnbd_expected": self.model_.expected_transactions(self.window_days, x,
+                                                                       tx, T),
+                   "bgnbd_p_alive": self.model_.probability_alive(x, tx, T)}
+        self.__dict__["_last"] = (weakref.ref(frame), frame.shape, out)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_last", None)
+        return state
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         out = frame.copy()
@@ -430,6 +447,22 @@ class LikelihoodModel:
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return self.calibrator_.transform(self.raw_score(frame))
+
+    def log_odds(self, frame: pd.DataFrame) -> np.ndarray:
+        """The calibrated probability as log-odds. With Platt scaling this is the
+        calibration line itself (slope × raw + intercept, never rounded through a
+        probability, so it stays exact and linear in the raw score); after isotonic
+        regression, the logit of its clipped output."""
+        raw = self.raw_score(frame)
+        if self.calibrator_.method_ == "platt":
+            return self.calibrator_.model_.decision_function(
+                np.nan_to_num(raw, nan=0.0).reshape(-1, 1))
+        p = np.clip(self.calibrator_.transform(raw), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    def forget(self) -> None:
+        """Drop the matrices kept for the last frame (see ``_memo``)."""
+        self.__dict__.pop("_last", None)
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-user additive contributions to the raw score, one column per feature."""
