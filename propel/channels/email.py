@@ -186,9 +186,6 @@ class EmailChannel:
         for lane in self._lanes:
             await lane.drop(polite=True)
 
-    def message(self, ob: Outbound, *, utf8: bool = False) -> bytes:
-        return wire_message(self.config, ob, utf8=utf8)
-
 
 class _Lane:
     """One SMTP connection and the conversation on it, one message at a time."""
