@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ingest import _drop_pg_schema, _pg_schema  # noqa: E402
 
 
 def _users(propel: Any, account: str, n: int) -> None:
@@ -151,8 +154,11 @@ def main() -> None:
     sinks.start()
     smtp_port, http_port = ours.recv()
     profiler = cProfile.Profile() if args.profile else None
+    # PostgreSQL: a fresh schema, dropped afterwards, so no earlier run's messages are
+    # delivered (or waited for) in this one.
+    schema, database_url = _pg_schema(args.postgres) if args.postgres else (None, None)
     with tempfile.TemporaryDirectory() as tmp:
-        propel = Propel(Settings(data_dir=Path(tmp), database_url=args.postgres,
+        propel = Propel(Settings(data_dir=Path(tmp), database_url=database_url,
                                  secret_key="bench", write_timeout_seconds=600))
         propel.migrate()
         account = create_account(propel.db, f"bench-{secrets.token_hex(3)}").account_id
@@ -186,6 +192,8 @@ def main() -> None:
                   f"2,000/s target); receiver saw {counts[index]:,} unique; CPU per "
                   f"message: senders {senders:.2f} ms, receiver {receiver:.2f} ms")
         propel.close()
+    if schema:
+        _drop_pg_schema(args.postgres, schema)
     ours.send("stop")
     sinks.join(timeout=10)
     if profiler:
