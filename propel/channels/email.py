@@ -30,7 +30,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate, parseaddr
-from typing import Any, ClassVar
+from functools import lru_cache
+from typing import ClassVar
 
 import aiosmtplib
 
@@ -112,15 +113,14 @@ class EmailConfig:
         return self.port or _DEFAULT_PORTS[self.security]
 
 
-_clock: list[Any] = [None, ""]
+@lru_cache(maxsize=1)
+def _date_at(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 def _date() -> str:
     """The Date header, formatted once a second rather than once a message."""
-    now = int(time.time())
-    if _clock[0] != now:
-        _clock[:] = [now, formatdate(now, usegmt=True)]
-    return _clock[1]
+    return _date_at(int(time.time()))
 
 
 def _is_address_bounce(code: int, message: str) -> bool:
