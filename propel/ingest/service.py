@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, and_, delete, insert, select
 
 from propel import faults
+from propel.accounts.tables import accounts
 from propel.db.bulk import insert_ignore_returning, insert_many
 from propel.db.engine import Database
 from propel.db.meta import utcnow
@@ -127,13 +128,33 @@ def ingest_sync(
     return result
 
 
+# Pruning walks each account's keys in this many hash ranges, one short write each, so
+# the single writer is never held for a whole table scan.
+PRUNE_SLICES = 64
+_SLICE = 2**64 // PRUNE_SLICES
+
+
+def _hash_slices() -> list[Any]:
+    """Conditions on key_hash that together cover every signed 64-bit value once."""
+    starts = [-(2**63) + i * _SLICE for i in range(PRUNE_SLICES)]
+    key = dedupe_keys.c.key_hash
+    return [key >= lo if lo == starts[-1] else and_(key >= lo, key < lo + _SLICE)
+            for lo in starts]
+
+
 def prune_dedupe_keys(db: Database, keep_days: int) -> int:
     """Forget message ids older than the dedupe window (whole days at a time)."""
     oldest_kept = time.time_ns() // 1000 // 86_400_000_000 - keep_days
-    return db.write(
-        lambda conn: conn.execute(delete(dedupe_keys).where(dedupe_keys.c.day < oldest_kept))
-        .rowcount
-    )
+    with db.read() as conn:
+        account_ids = conn.execute(select(accounts.c.id)).scalars().all()
+    pruned = 0
+    for account_id in account_ids:
+        for in_slice in _hash_slices():
+            pruned += db.write(lambda conn, a=account_id, in_slice=in_slice: conn.execute(
+                delete(dedupe_keys).where(dedupe_keys.c.account_id == a, in_slice,
+                                          dedupe_keys.c.day < oldest_kept)
+            ).rowcount)
+    return pruned
 
 
 def list_rejections(

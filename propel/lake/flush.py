@@ -96,27 +96,25 @@ def _claim(conn: Connection, max_rows: int, floor: int = 0) -> tuple[int, int, i
     ids = ids.order_by(recent_events.c.id).limit(max_rows)
     if conn.dialect.name == "postgresql":
         ids = ids.with_for_update(skip_locked=True)
-    chosen = conn.execute(ids).scalars().all()
-    if not chosen:
-        return None
     last = conn.execute(select(func.max(lake_batches.c.batch_no))).scalar() or 0
     batch_no = max(last, floor) + 1
-    for start in range(0, len(chosen), 10_000):
-        conn.execute(
-            update(recent_events)
-            .where(recent_events.c.id.in_(chosen[start : start + 10_000]))
-            .values(batch_no=batch_no)
-        )
+    # One statement: the chosen ids never travel through Python.
+    count = conn.execute(
+        update(recent_events).where(recent_events.c.id.in_(ids))
+        .values(batch_no=batch_no)
+    ).rowcount
+    if not count:
+        return None
     oldest = conn.execute(
         select(func.min(recent_events.c.received_at)).where(recent_events.c.batch_no == batch_no)
     ).scalar()
     conn.execute(
         insert(lake_batches).values(
-            batch_no=batch_no, row_count=len(chosen), created_at=utcnow(),
+            batch_no=batch_no, row_count=count, created_at=utcnow(),
             oldest_received_at=oldest,
         )
     )
-    return batch_no, len(chosen), oldest
+    return batch_no, count, oldest
 
 
 def _batch_rows(db: Database, batch_no: int) -> list:
