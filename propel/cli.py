@@ -74,6 +74,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
         serve_workers(host, port, workers, background=background)
         return
     application = create_app(propel=propel, background=background)
+    from propel.serving import settle_heap
+
+    settle_heap()
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False)
 
 

@@ -16,6 +16,7 @@ that worker dies the supervisor's replacement takes it over.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 
 from fastapi import FastAPI
@@ -42,6 +43,22 @@ def take_background_lock(settings: Settings) -> bool:
     return True
 
 
+# Young objects between collections of the cyclic garbage collector (CPython's default
+# is 700). A 100-event batch allocates a few thousand short-lived dicts and lists, so the
+# default collected several times per request.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def settle_heap() -> None:
+    """Call once the app is built: move everything alive now (the imported libraries,
+    the app) out of the collector's sight and collect young objects less often. Before
+    this, a collection that walked the whole startup heap ran inside request handling
+    often enough to cost about a quarter of the server's CPU under ingest load."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
 def worker_app() -> FastAPI:
     """The app of one worker process (uvicorn calls it in each)."""
     from propel.app import create_app
@@ -50,7 +67,9 @@ def worker_app() -> FastAPI:
     settings = Settings()
     configure_logging(settings.log_format)
     background = os.environ.get(BACKGROUND_ENV, "1") == "1" and take_background_lock(settings)
-    return create_app(settings, background=background)
+    app = create_app(settings, background=background)
+    settle_heap()
+    return app
 
 
 def serve_workers(host: str, port: int, workers: int, *, background: bool = True) -> None:

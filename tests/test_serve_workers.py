@@ -3,6 +3,7 @@ acknowledged event is stored once, and background work runs in exactly one of th
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import uuid
@@ -15,6 +16,7 @@ from killloop import ServerConfig, ServerProcess, cli
 
 from propel.core import Propel
 from propel.lake.flush import pending_stats
+from propel.serving import GC_YOUNG_THRESHOLD, settle_heap
 from propel.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)
@@ -73,3 +75,37 @@ def test_two_workers_store_every_event_once_and_one_runs_background(tmp_path: Pa
         server.stop()
     assert not children(server.proc.pid)  # the workers went with the supervisor
     assert int(cli(config, "events", "count", "--account", creds["account_id"])) == 1000
+
+
+def test_settle_heap_freezes_the_startup_heap_and_collects_young_objects_less_often():
+    threshold = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000  # the imported libraries, the app
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_writer_processes_take_turns_on_one_sqlite_file(tmp_path: Path) -> None:
+    """Two databases on one file, as two server processes have: every write of both
+    commits, each group under the shared writer lock."""
+    from propel.db.engine import Database
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = Database(url), Database(url)
+    first.write(lambda c: c.exec_driver_sql("CREATE TABLE t (who TEXT, n INTEGER)"))
+
+    def insert(db: Database, who: str) -> None:
+        for n in range(200):
+            db.write(lambda c, n=n: c.exec_driver_sql("INSERT INTO t VALUES (?, ?)", (who, n)))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(insert, (first, second), ("a", "b")))
+    with first.read() as conn:
+        counts = dict(conn.exec_driver_sql("SELECT who, count(*) FROM t GROUP BY who").all())
+    assert counts == {"a": 200, "b": 200}
+    assert (tmp_path / "shared.db-writer.lock").exists()
+    first.close()
+    second.close()
