@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, insert, select
+from sqlalchemy import Connection, insert, select
 
 from propel import faults
-from propel.accounts.tables import accounts
-from propel.db.bulk import insert_ignore_returning, insert_many
+from propel.db.bulk import insert_many
 from propel.db.engine import Database
 from propel.db.meta import utcnow
+from propel.ingest.dedupe import fresh_keys
 from propel.ingest.records import EventRecord, IngestItem, Rejection
-from propel.ingest.tables import dedupe_keys, rejections
+from propel.ingest.tables import rejections
 from propel.profiles import apply_update, merge_identities
 
 # Oversize records are rejected at 32 KiB; keep them whole up to twice that for replay.
@@ -40,12 +40,6 @@ class IngestResult:
             "duplicates": self.duplicates,
             "rejected": [r.as_dict() for r in self.rejected],
         }
-
-
-def _fresh_hashes(conn: Connection, account_id: str, hashes: list[int], day: int) -> set[int]:
-    rows = [(account_id, h, day) for h in hashes]
-    return set(insert_ignore_returning(conn, "dedupe_keys", ("account_id", "key_hash", "day"),
-                                       rows, "key_hash"))
 
 
 EVENT_COLUMNS = ("account_id", "kind", "message_id", "identity", "name", "ts", "received_at",
@@ -89,7 +83,7 @@ def store_items(
     unique: dict[int, IngestItem] = {}
     for item in items:
         unique.setdefault(item.key_hash, item)
-    fresh = _fresh_hashes(conn, account_id, list(unique), day) if unique else set()
+    fresh = fresh_keys(conn, account_id, unique, day)
     rows: list[tuple] = []
     for key, item in unique.items():
         if key not in fresh:
@@ -126,35 +120,6 @@ def ingest_sync(
     result = db.write(lambda conn: store_items(conn, account_id, items, rejected, source))
     faults.crash_point("ingest.after_commit")
     return result
-
-
-# Pruning walks each account's keys in this many hash ranges, one short write each, so
-# the single writer is never held for a whole table scan.
-PRUNE_SLICES = 64
-_SLICE = 2**64 // PRUNE_SLICES
-
-
-def _hash_slices() -> list[Any]:
-    """Conditions on key_hash that together cover every signed 64-bit value once."""
-    starts = [-(2**63) + i * _SLICE for i in range(PRUNE_SLICES)]
-    key = dedupe_keys.c.key_hash
-    return [key >= lo if lo == starts[-1] else and_(key >= lo, key < lo + _SLICE)
-            for lo in starts]
-
-
-def prune_dedupe_keys(db: Database, keep_days: int) -> int:
-    """Forget message ids older than the dedupe window (whole days at a time)."""
-    oldest_kept = time.time_ns() // 1000 // 86_400_000_000 - keep_days
-    with db.read() as conn:
-        account_ids = conn.execute(select(accounts.c.id)).scalars().all()
-    pruned = 0
-    for account_id in account_ids:
-        for in_slice in _hash_slices():
-            pruned += db.write(lambda conn, a=account_id, in_slice=in_slice: conn.execute(
-                delete(dedupe_keys).where(dedupe_keys.c.account_id == a, in_slice,
-                                          dedupe_keys.c.day < oldest_kept)
-            ).rowcount)
-    return pruned
 
 
 def list_rejections(

@@ -33,6 +33,19 @@ dedupe_keys = Table(
     sqlite_with_rowid=False,
 )
 
+# Keys accepted lately on SQLite, in arrival order, until they settle into dedupe_keys
+# (see propel/ingest/dedupe.py).
+dedupe_recent = Table(
+    "dedupe_recent",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), nullable=False),
+    Column("key_hash", BigInteger, nullable=False),
+    Column("day", Integer, nullable=False),
+    # Never reuse a seq after the table empties: readers remember the last one they saw.
+    sqlite_autoincrement=True,
+)
+
 rejections = Table(
     "rejections",
     metadata,

@@ -17,7 +17,7 @@ from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.consumer import Consumer
 
 from propel.core import Propel
-from propel.ingest.service import prune_dedupe_keys
+from propel.ingest.dedupe import prune_dedupe_keys, settle_recent_keys
 from propel.jobs import schedules
 from propel.jobs.leases import LeaseUnavailable
 from propel.lake import flush
@@ -167,6 +167,7 @@ class FlusherThread(threading.Thread):
                     result = flush.flush_batches(self.propel.db, self.propel.lake,
                                                  max_rows=settings.flush_rows)
                     self.last_lag_seconds = result.max_lag_seconds
+                settle_recent_keys(self.propel.db)
                 first = False
             except LeaseUnavailable:  # compaction or an import is writing: next time
                 continue
