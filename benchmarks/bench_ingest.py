@@ -238,7 +238,7 @@ def _profile(pid: int, seconds: int, out: Path, gil: bool) -> subprocess.Popen |
         print("py-spy is not installed in this venv: pip install py-spy", file=sys.stderr)
         return None
     cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "97",
-           "--format", "raw", "--output", str(out), "--nonblocking"]
+           "--format", "raw", "--output", str(out), "--nonblocking", "--subprocesses"]
     if gil:
         cmd.append("--gil")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
