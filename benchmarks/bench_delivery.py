@@ -58,8 +58,10 @@ def _cpu() -> float:
 def _drain(settings: Any) -> int:
     from propel.campaigns.delivery import DeliveryEngine
     from propel.core import Propel
+    from propel.serving import settle_heap
 
     propel = Propel(settings)
+    settle_heap()  # as `propel worker` does
     try:
         return asyncio.run(DeliveryEngine(propel, batch_size=1000).drain())
     finally:
@@ -71,6 +73,7 @@ def _run(propel: Any, account: str, channel: str, content: dict, processes: int
     from propel.campaigns import service
     from propel.campaigns.delivery import DeliveryEngine
     from propel.campaigns.dispatch import dispatch_campaign
+    from propel.serving import settle_heap
 
     c = service.create_campaign(propel, account, name=f"bench {channel}", channel=channel,
                                 audience={"property": "plan", "op": "=", "value": "pro"},
@@ -79,6 +82,7 @@ def _run(propel: Any, account: str, channel: str, content: dict, processes: int
                                 holdout_pct=0.0, caps={"per_day": 5})
     service.publish(propel, account, c.id)
     started = time.perf_counter()
+    settle_heap()  # as `propel worker` and `propel serve` do
     dispatch_campaign(propel, account, c.id)
 
     if processes == 1:

@@ -103,6 +103,9 @@ def worker(threads: int = 4) -> None:
              JourneyThread(propel, interval=JOURNEY_INTERVAL)]
     for loop in loops:
         loop.start()
+    from propel.serving import settle_heap
+
+    settle_heap()
     consumer = huey.create_consumer(workers=threads, worker_type="thread", periodic=True)
     consumer.run()
     for loop in loops:
