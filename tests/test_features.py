@@ -42,7 +42,7 @@ from propel.predictions.features import (
 )
 from propel.predictions.spec import Audience, Condition, from_template, parse_where
 from propel.predictions.training import load_aliases
-from propel.profiles.tables import identity_aliases
+from propel.profiles.tables import identity_alias_history, identity_aliases
 from propel.settings import Settings
 
 PG_URL = os.environ.get("PROPEL_TEST_POSTGRES_URL")
@@ -283,11 +283,6 @@ def test_labels_read_only_the_window_after_the_date(shop: Shop) -> None:
     assert 0 < y.mean() < 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "propel/profiles/__init__.py merge_identities re-points older aliases in place "
-    "(UPDATE identity_aliases SET identity = <new> WHERE identity = <alias>) and keeps "
-    "their created_at, so an alias made before the as-of date is read as if it had "
-    "always pointed at an identity merged later"))
 def test_an_alias_repointed_later_does_not_change_past_features(shop: Shop) -> None:
     propel = shop.propel
     other = Shop(propel, create_account(propel.db, "Aliases").account_id)
@@ -296,9 +291,10 @@ def test_an_alias_repointed_later_does_not_change_past_features(shop: Shop) -> N
                    for who, hours in (("u1", 2), ("u2", 2), ("a1", 3)) for h in range(hours)])
 
     def _alias_made_long_ago(conn) -> None:  # a1 became u1 before the as-of date
-        conn.execute(insert(identity_aliases).values(
-            account_id=other.account_id, alias="a1", identity="u1",
-            created_at=as_of - timedelta(days=7)))
+        row = {"account_id": other.account_id, "alias": "a1", "identity": "u1",
+               "created_at": as_of - timedelta(days=7)}
+        conn.execute(insert(identity_aliases).values(**row))
+        conn.execute(insert(identity_alias_history).values(**row))
 
     propel.db.write(_alias_made_long_ago)
     _, frame = features(other, FeatureSpec(events=(), goal_event="Charged"), EVERYONE, as_of)
@@ -306,6 +302,10 @@ def test_an_alias_repointed_later_does_not_change_past_features(shop: Shop) -> N
     ingest(other, [alias(other, "u1", "u2")])  # today, after the as-of date
     _, after = features(other, FeatureSpec(events=(), goal_event="Charged"), EVERYONE, as_of)
     assert after["events_all"].to_dict() == {"u1": 5, "u2": 2}
+    # and today, everything is u2's
+    _, now = features(other, FeatureSpec(events=(), goal_event="Charged"), EVERYONE,
+                      datetime.now(UTC) + timedelta(minutes=1))
+    assert now["events_all"].to_dict() == {"u2": 7}
 
 
 # --------------------------------------------------------------------------- reference

@@ -508,3 +508,28 @@ def test_concurrent_retries_of_one_batch_store_it_once(propel, tenant, live_serv
     events = stored_events(propel, tenant.id)
     assert sorted(events) == sorted(f"c-{i}" for i in range(30))
     assert len(message_ids(propel.db, propel.lake, tenant.id)) == 33
+
+
+def test_every_repointing_of_an_alias_is_kept_in_its_history(client, propel, tenant):
+    """identity_aliases says where an alias points now; the history keeps each change,
+    so features as of a past date can read the aliases as they were then."""
+    from sqlalchemy import select
+
+    from propel.profiles.tables import identity_alias_history, identity_aliases
+
+    for n, (previous, user) in enumerate((("h-anon", "h-1"), ("h-1", "h-2"),
+                                          ("h-anon", "h-2"))):  # the last changes nothing
+        r = client.post("/v1/alias", json={"previousId": previous, "userId": user,
+                                           "messageId": f"h-alias-{n}"},
+                        auth=tenant.segment_auth)
+        assert r.status_code == 200, r.text
+    with propel.db.read() as conn:
+        history = conn.execute(
+            select(identity_alias_history.c.alias, identity_alias_history.c.identity)
+            .where(identity_alias_history.c.account_id == tenant.id)
+            .order_by(identity_alias_history.c.id)).all()
+        now = conn.execute(select(identity_aliases.c.alias, identity_aliases.c.identity)
+                           .where(identity_aliases.c.account_id == tenant.id)).all()
+    assert [tuple(r) for r in history] == [("h-anon", "h-1"), ("h-anon", "h-2"),
+                                           ("h-1", "h-2")]
+    assert {tuple(r) for r in now} == {("h-anon", "h-2"), ("h-1", "h-2")}

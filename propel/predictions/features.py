@@ -5,9 +5,10 @@ see ``propel.lake.reader``), plus a small ``aliases`` table. The SQL sticks to
 constructs that sqlglot transpiles from DuckDB to Spark SQL, so a distributed engine
 can run the very same definitions over the lake's Parquet files.
 
-Point in time: every feature reads only events with ``ts < as_of`` and aliases created
-before ``as_of``; system events (message sends, ``Likelihood Changed``, names starting
-with ``$``) are left out. Labels read ``as_of <= ts < as_of + window``.
+Point in time: every feature reads only events with ``ts < as_of`` and each alias as it
+pointed before ``as_of`` (``aliases`` holds every re-pointing); system events (message
+sends, ``Likelihood Changed``, names starting with ``$``) are left out. Labels read
+``as_of <= ts < as_of + window``.
 """
 
 from __future__ import annotations
@@ -134,13 +135,14 @@ def _system_filter() -> str:
 
 def resolved_sql(kind: str, start: datetime | None, end: datetime) -> str:
     """Events of ``kind`` in [start, end) with identities resolved through the aliases
-    that existed at ``end``."""
+    as they pointed at ``end`` (an alias re-pointed later still means what it meant)."""
     lower = f"AND e.ts >= {ts_lit(start)}" if start is not None else ""
     return f"""
       SELECT COALESCE(a.identity, e.identity) AS uid, e.name AS name, e.ts AS ts,
              e.properties AS properties
       FROM events e
-      LEFT JOIN aliases a ON a.alias = e.identity AND a.created_at < {ts_lit(end)}
+      LEFT JOIN (SELECT alias, arg_max(identity, created_at) AS identity FROM aliases
+                 WHERE created_at < {ts_lit(end)} GROUP BY alias) a ON a.alias = e.identity
       WHERE e.kind = {lit(kind)} AND e.ts < {ts_lit(end)} {lower}"""
 
 

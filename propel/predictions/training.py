@@ -50,7 +50,7 @@ from propel.predictions.features import (
 from propel.predictions.model import BgNbdFeatures, LikelihoodModel
 from propel.predictions.registry import ModelVersion, Prediction
 from propel.predictions.spec import PredictionSpec
-from propel.profiles.tables import identity_aliases
+from propel.profiles.tables import identity_alias_history
 
 log = logging.getLogger("propel.predictions")
 MIN_POSITIVES = 50
@@ -137,10 +137,11 @@ def _hash_fraction(index: pd.Index, salt: str) -> np.ndarray:
 
 
 def load_aliases(propel: Propel, account_id: str) -> list[tuple[str, str, datetime]]:
+    """Every (re)pointing of every alias: features pick, per alias, the latest one before
+    their date."""
     with propel.db.read() as conn:
-        rows = conn.execute(
-            identity_aliases.select().where(identity_aliases.c.account_id == account_id)
-        ).all()
+        rows = conn.execute(identity_alias_history.select().where(
+            identity_alias_history.c.account_id == account_id)).all()
     return [(r.alias, r.identity, r.created_at) for r in rows]
 
 

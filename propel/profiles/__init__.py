@@ -26,7 +26,7 @@ from propel.ingest.records import (
     check_identity,
     check_properties,
 )
-from propel.profiles.tables import identity_aliases, profiles
+from propel.profiles.tables import identity_alias_history, identity_aliases, profiles
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "inbox", "webhook")
 _EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
@@ -202,11 +202,17 @@ def merge_identities(conn: Connection, account_id: str, alias: str, identity: st
     if alias == identity:
         return None
     now = utcnow()
-    conn.execute(
-        update(identity_aliases)
-        .where(identity_aliases.c.account_id == account_id, identity_aliases.c.identity == alias)
-        .values(identity=identity)
-    )
+    repointed = conn.execute(
+        select(identity_aliases.c.alias).where(identity_aliases.c.account_id == account_id,
+                                               identity_aliases.c.identity == alias)
+    ).scalars().all()
+    if repointed:
+        conn.execute(
+            update(identity_aliases)
+            .where(identity_aliases.c.account_id == account_id,
+                   identity_aliases.c.identity == alias)
+            .values(identity=identity)
+        )
     exists = conn.execute(
         select(identity_aliases.c.identity).where(
             identity_aliases.c.account_id == account_id, identity_aliases.c.alias == alias)
@@ -218,6 +224,11 @@ def merge_identities(conn: Connection, account_id: str, alias: str, identity: st
         conn.execute(update(identity_aliases).where(
             identity_aliases.c.account_id == account_id, identity_aliases.c.alias == alias
         ).values(identity=identity))
+    changed = [*repointed, *([alias] if exists is None or exists.identity != identity else [])]
+    if changed:
+        conn.execute(insert(identity_alias_history), [
+            {"account_id": account_id, "alias": a, "identity": identity, "created_at": now}
+            for a in changed])
     old = conn.execute(
         select(profiles).where(profiles.c.account_id == account_id, profiles.c.identity == alias)
     ).first()

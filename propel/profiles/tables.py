@@ -1,6 +1,6 @@
 from sqlalchemy import Column, Index, String, Table, Text
 
-from propel.db.meta import UTCDateTime, metadata
+from propel.db.meta import BigId, UTCDateTime, metadata
 
 profiles = Table(
     "profiles",
@@ -26,4 +26,18 @@ identity_aliases = Table(
     Column("alias", String(256), primary_key=True),
     Column("identity", String(256), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Every (re)pointing of an alias, never updated: identity_aliases holds only where each
+# alias points now, and a merge re-points older aliases in place; readers that need the
+# aliases as they were at a past date (features, training labels) read this.
+identity_alias_history = Table(
+    "identity_alias_history",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), nullable=False),
+    Column("alias", String(256), nullable=False),
+    Column("identity", String(256), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_identity_alias_history_account", "account_id", "alias"),
 )
