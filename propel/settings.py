@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         "NORMAL: survives a process crash, may lose the last commits on power loss.",
     )
     dedupe_days: int = Field(7, ge=1, le=365, description="How long message ids are remembered.")
+    dedupe_settle_keys: int = Field(
+        1_000_000, ge=1_000,
+        description="SQLite: new message ids wait in dedupe_recent, and in each server "
+        "process's memory (about 90 bytes each), until this many have gathered; then the "
+        "flusher settles them into dedupe_keys in key order. Larger: fewer, longer settles "
+        "and more memory.",
+    )
     flush_rows: int = Field(
         50_000, ge=1, description="Flush recent events to the lake once this many are pending."
     )

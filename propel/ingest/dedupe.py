@@ -40,8 +40,9 @@ from propel.db.bulk import insert_ignore_returning, insert_many
 from propel.db.engine import Database
 from propel.ingest.tables import dedupe_keys, dedupe_recent
 
-# dedupe_recent is moved into dedupe_keys once it holds this many keys.
-SETTLE_AT = 200_000
+# dedupe_recent is moved into dedupe_keys once it holds this many keys (the setting
+# PROPEL_DEDUPE_SETTLE_KEYS); each process holds them in memory, ≈ 90 bytes a key.
+SETTLE_AT = 1_000_000
 # Keys moved per write transaction, so the single writer is never held for long.
 SETTLE_CHUNK = 50_000
 # SQLite's limit on bound parameters is 32,766; stay well below it.
@@ -53,30 +54,34 @@ class RecentKeys:
 
     def __init__(self) -> None:
         self.keys: set[int] = set()
-        self._order: deque[tuple[int, int]] = deque()  # (seq, key), ascending seq
+        # (highest seq, keys) per catch-up read, oldest first: forgetting settled keys
+        # drops whole reads, and a key costs the set one slot plus a list slot.
+        self._reads: deque[tuple[int, list[int]]] = deque()
         self.last_seq = 0
         self.lock = threading.Lock()
 
     def reset(self) -> None:
         with self.lock:
             self.keys.clear()
-            self._order.clear()
+            self._reads.clear()
             self.last_seq = 0
 
     def catch_up(self, conn: Connection) -> None:
         """Read the rows appended since the last call and forget the ones settled."""
-        first = conn.execute(select(func.min(dedupe_recent.c.seq))).scalar()
-        while self._order and (first is None or self._order[0][0] < first):
-            self.keys.discard(self._order.popleft()[1])
-        rows = conn.execute(
-            select(dedupe_recent.c.seq, dedupe_recent.c.key_hash)
-            .where(dedupe_recent.c.seq > self.last_seq).order_by(dedupe_recent.c.seq)
-        ).all()
-        for seq, key in rows:
-            self.keys.add(key)
-            self._order.append((seq, key))
+        # Driver SQL: this runs in every write transaction that takes keys.
+        first = conn.exec_driver_sql("SELECT min(seq) FROM dedupe_recent").scalar()
+        # A read is dropped once all of it has settled; a partly settled read stays
+        # (still duplicates) until the next settle moves the rest.
+        while self._reads and (first is None or self._reads[0][0] < first):
+            self.keys.difference_update(self._reads.popleft()[1])
+        rows = conn.exec_driver_sql(
+            "SELECT seq, key_hash FROM dedupe_recent WHERE seq > ? ORDER BY seq",
+            (self.last_seq,)).all()
         if rows:
+            keys = [key for _seq, key in rows]
+            self.keys.update(keys)
             self.last_seq = rows[-1][0]
+            self._reads.append((self.last_seq, keys))
 
 
 _recent: weakref.WeakKeyDictionary[Engine, RecentKeys] = weakref.WeakKeyDictionary()
@@ -115,10 +120,10 @@ def _settled(conn: Connection, account_id: str, keys: list[int]) -> set[int]:
     found: set[int] = set()
     for start in range(0, len(keys), LOOKUP_CHUNK):
         part = keys[start:start + LOOKUP_CHUNK]
-        found.update(conn.execute(
-            select(dedupe_keys.c.key_hash).where(dedupe_keys.c.account_id == account_id,
-                                                 dedupe_keys.c.key_hash.in_(part))
-        ).scalars())
+        marks = ", ".join("?" * len(part))
+        found.update(conn.exec_driver_sql(
+            "SELECT key_hash FROM dedupe_keys WHERE account_id = ? "
+            f"AND key_hash IN ({marks})", (account_id, *part)).scalars())
     return found
 
 

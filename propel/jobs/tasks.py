@@ -167,7 +167,7 @@ class FlusherThread(threading.Thread):
                     result = flush.flush_batches(self.propel.db, self.propel.lake,
                                                  max_rows=settings.flush_rows)
                     self.last_lag_seconds = result.max_lag_seconds
-                settle_recent_keys(self.propel.db)
+                settle_recent_keys(self.propel.db, at=settings.dedupe_settle_keys)
                 first = False
             except LeaseUnavailable:  # compaction or an import is writing: next time
                 continue
