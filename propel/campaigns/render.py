@@ -345,6 +345,10 @@ def _compile(source: str, html: bool, strict: bool) -> Any:
 
 # ---------------------------------------------------------------------------- context
 
+class _Context(dict):
+    """A context :func:`build_context` already cleaned: :func:`render` uses it as is."""
+
+
 def _clean(value: Any, depth: int = 0) -> Any:
     """Drop None-valued keys (so they count as missing) and copy mappings."""
     if isinstance(value, Mapping) and depth < 8:
@@ -389,9 +393,9 @@ def build_context(user: Any = None, *, predictions: Any = None,
         fields = {**(props if isinstance(props, Mapping) else {}),
                   **{name: getattr(user, name, None)
                      for name in ("identity", "email", "phone", "timezone")}}
-    return _clean({"user": fields, "predictions": _predictions(predictions),
-                   "event": dict(event or {}), "campaign": {"name": campaign_name},
-                   "unsubscribe_url": unsubscribe_url})
+    return _Context(_clean({"user": fields, "predictions": _predictions(predictions),
+                            "event": dict(event or {}), "campaign": {"name": campaign_name},
+                            "unsubscribe_url": unsubscribe_url}))
 
 
 _SAMPLE_UNSUBSCRIBE = "https://propel.example.com/u/sample-token"
@@ -502,7 +506,10 @@ def render(channel: str, variant: Mapping[str, Any], context: Mapping[str, Any]
     fields = FIELDS.get(channel, ())
     if not isinstance(variant, Mapping):
         variant = {}
-    ctx = _clean(context) if isinstance(context, Mapping) else {}
+    if isinstance(context, _Context):  # cleaned when it was built
+        ctx: Mapping[str, Any] = context
+    else:
+        ctx = _clean(context) if isinstance(context, Mapping) else {}
     out: dict[str, Any] = {}
     for field in fields:
         source = variant.get(field)

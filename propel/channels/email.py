@@ -102,7 +102,7 @@ class EmailConfig:
 
     @property
     def from_addr(self) -> str:
-        return parseaddr(self.from_address)[1]
+        return _bare_address(self.from_address)
 
     @property
     def domain(self) -> str:
@@ -185,6 +185,13 @@ class EmailChannel:
     async def aclose(self) -> None:
         for lane in self._lanes:
             await lane.drop(polite=True)
+
+
+@lru_cache(maxsize=64)
+def _bare_address(value: str) -> str:
+    """The address part of ``Name <addr>``: parsed once per configured value, not once
+    per message."""
+    return parseaddr(value)[1]
 
 
 class _Lane:
