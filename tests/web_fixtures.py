@@ -1,8 +1,9 @@
 """Dashboard fixtures: a demo shop (trained and scored *Predict Conversions*, campaigns
 already sent) in a real database, dashboard users in every role, and signed-in clients.
 
-The shop is built once per test module and database; tests that change it create
-their own objects with unique names instead of relying on counts.
+The shop is built once per test run and database (it takes seconds to build, and
+every dashboard module reads it); tests that change it create their own objects with
+unique names instead of relying on counts.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def build_shop(propel: Propel, users: int = 400) -> Shop:
     return shop
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres",
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres",
                                                               marks=pytest.mark.postgres)])
 def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[Shop]:
