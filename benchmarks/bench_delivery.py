@@ -81,8 +81,8 @@ def _run(propel: Any, account: str, channel: str, content: dict, processes: int
                                                        **content}]},
                                 holdout_pct=0.0, caps={"per_day": 5})
     service.publish(propel, account, c.id)
+    settle_heap()  # as `propel worker` and `propel serve` do; not part of the timing
     started = time.perf_counter()
-    settle_heap()  # as `propel worker` and `propel serve` do
     dispatch_campaign(propel, account, c.id)
 
     if processes == 1:

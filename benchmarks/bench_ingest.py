@@ -183,6 +183,12 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process (all its threads) and its live children
     (``serve --workers``) have used, from /proc."""
@@ -376,8 +382,7 @@ def main() -> None:
               f"{args.duration:.0f}s, flush every {args.flush_seconds}s; load average "
               f"{load_avg:.2f} on {os.cpu_count()} cores", flush=True)
         server_cpu = _cpu_seconds(server.pid)
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        children_cpu = usage.ru_utime + usage.ru_stime
+        children_cpu = _children_cpu()
         started = time.time()
         load = subprocess.Popen([sys.executable, __file__, "--duration", str(args.duration),
                                  "--load", url, write_key, run, str(args.clients),
@@ -388,8 +393,7 @@ def main() -> None:
             spy = _profile(server.pid, args.profile, folder / "server.folded", args.gil)
         load.wait()
         load_seconds = time.time() - started
-        load_cpu = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime + \
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - children_cpu
+        load_cpu = _children_cpu() - children_cpu  # the load process, now reaped
         server_cpu = _cpu_seconds(server.pid) - server_cpu
         load_after = os.getloadavg()[0]
         if spy is not None:

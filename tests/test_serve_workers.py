@@ -89,13 +89,30 @@ def test_settle_heap_freezes_the_startup_heap_and_collects_young_objects_less_of
 
 
 def test_writer_processes_take_turns_on_one_sqlite_file(tmp_path: Path) -> None:
-    """Two databases on one file, as two server processes have: every write of both
-    commits, each group under the shared writer lock."""
+    """Each group commit holds the file's writer lock, so while another process holds
+    it a write waits, and goes through as soon as it is released; two databases on one
+    file (as two server processes have) both get every write in."""
+    import fcntl
+    import os
+    import threading
+
     from propel.db.engine import Database
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     first, second = Database(url), Database(url)
     first.write(lambda c: c.exec_driver_sql("CREATE TABLE t (who TEXT, n INTEGER)"))
+
+    other_process = os.open(tmp_path / "shared.db-writer.lock", os.O_RDWR)
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    waiting = threading.Thread(target=lambda: second.write(
+        lambda c: c.exec_driver_sql("INSERT INTO t VALUES ('held', 0)")))
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive()  # blocked on the lock, not on SQLite's busy handler
+    fcntl.flock(other_process, fcntl.LOCK_UN)
+    os.close(other_process)
+    waiting.join(timeout=5)
+    assert not waiting.is_alive()
 
     def insert(db: Database, who: str) -> None:
         for n in range(200):
@@ -105,7 +122,6 @@ def test_writer_processes_take_turns_on_one_sqlite_file(tmp_path: Path) -> None:
         list(pool.map(insert, (first, second), ("a", "b")))
     with first.read() as conn:
         counts = dict(conn.exec_driver_sql("SELECT who, count(*) FROM t GROUP BY who").all())
-    assert counts == {"a": 200, "b": 200}
-    assert (tmp_path / "shared.db-writer.lock").exists()
+    assert counts == {"a": 200, "b": 200, "held": 1}
     first.close()
     second.close()

@@ -88,12 +88,11 @@ class EmailConfig:
         default=None, metadata={"help": "PEM bundle to verify the relay with (private CA)."})
 
     def __post_init__(self) -> None:
-        _, addr = parseaddr(self.from_address)
-        if "@" not in addr:
+        if "@" not in self.from_addr:
             raise ChannelError(
                 f"email.from_address must contain an address like news@shop.example, "
                 f"got {self.from_address!r}")
-        if self.return_path is not None and "@" not in parseaddr(self.return_path)[1]:
+        if self.return_path is not None and "@" not in _bare_address(self.return_path):
             raise ChannelError("email.return_path must be an e-mail address")
         if self.username and not self.password:
             raise ChannelError("email.password is required when email.username is set")

@@ -40,9 +40,6 @@ from propel.db.bulk import insert_ignore_returning, insert_many
 from propel.db.engine import Database
 from propel.ingest.tables import dedupe_keys, dedupe_recent
 
-# dedupe_recent is moved into dedupe_keys once it holds this many keys (the setting
-# PROPEL_DEDUPE_SETTLE_KEYS); each process holds them in memory, ≈ 90 bytes a key.
-SETTLE_AT = 1_000_000
 # Keys moved per write transaction, so the single writer is never held for long.
 SETTLE_CHUNK = 50_000
 # SQLite's limit on bound parameters is 32,766; stay well below it.
@@ -148,8 +145,9 @@ def fresh_keys(conn: Connection, account_id: str, keys: Iterable[int], day: int)
     return fresh
 
 
-def settle_recent_keys(db: Database, *, at: int = SETTLE_AT, chunk: int = SETTLE_CHUNK) -> int:
-    """Move ``dedupe_recent`` into ``dedupe_keys`` once it holds ``at`` keys or more."""
+def settle_recent_keys(db: Database, *, at: int, chunk: int = SETTLE_CHUNK) -> int:
+    """Move ``dedupe_recent`` into ``dedupe_keys`` once it holds ``at`` keys or more
+    (``PROPEL_DEDUPE_SETTLE_KEYS``; each process holds that many in memory)."""
     if not db.is_sqlite:
         return 0
     with db.read() as conn:
