@@ -179,6 +179,33 @@ async def test_email_mixed_batch_maps_smtp_replies_and_keeps_order(smtp_peer: Sm
     assert smtp_peer.connections == 1  # refusals reset the envelope, not the connection
 
 
+async def test_email_first_message_of_a_connection_declares_size_and_8bitmime(
+        smtp_peer: SmtpPeer) -> None:
+    channel = EmailChannel(email_config(smtp_peer))
+    await channel.send([outbound("first", "a@example.test")])
+    await channel.aclose()
+    [mail] = smtp_peer.received
+    # The relay's extensions are known before the first MAIL, not learnt from it.
+    size, body = mail.mail_options
+    assert size.startswith("SIZE=") and int(size[5:]) >= len(mail.raw)
+    assert body == "BODY=8BITMIME"
+
+
+async def test_email_address_smtp_cannot_carry_fails_alone_and_is_not_rewritten(
+        smtp_peer: SmtpPeer) -> None:
+    channel = EmailChannel(email_config(smtp_peer))
+    batch = [outbound("ok", "ok@example.test"),
+             outbound("quote", 'a"b@example.test'),
+             outbound("angle", "bad<addr@example.test"),
+             outbound("quoted", '"john doe"@example.test')]
+    outcomes = await channel.send(batch)
+    await channel.aclose()
+    assert [kind(o) for o in outcomes] == ["delivered", "failed", "failed", "delivered"]
+    assert all(o.error.startswith("invalid address") for o in outcomes[1:3])
+    assert [m.rcpt_tos for m in smtp_peer.received] == [["ok@example.test"],
+                                                        ['"john doe"@example.test']]
+
+
 async def test_email_refused_data_is_failed_or_retryable(smtp_peer: SmtpPeer) -> None:
     channel = EmailChannel(email_config(smtp_peer))
     smtp_peer.data_reply = "554 5.7.1 Message rejected as spam"

@@ -193,6 +193,24 @@ def _bare_address(value: str) -> str:
     return parseaddr(value)[1]
 
 
+# A mailbox SMTP can carry as it is: nothing that could end the address on the command
+# line or start another command (whitespace, controls, angle brackets, stray quotes);
+# a local part may be a quoted string ("john doe"@shop.example).
+_PLAIN = r'[^\s\x00-\x1f\x7f<>"@]+'
+_QUOTED = r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"'
+_MAILBOX = re.compile(f"(?:{_PLAIN}|{_QUOTED})@{_PLAIN}")
+
+
+def _envelope_address(address: str) -> str:
+    """``<address>`` for MAIL FROM and RCPT TO; ``ValueError`` for anything else. Not
+    the lenient parse of ``email.utils.parseaddr`` (aiosmtplib's): that turns
+    ``a"b@shop.example`` into ``a`` and ``x<y@shop.example`` into ``y@shop.example``,
+    another recipient than the profile names."""
+    if _MAILBOX.fullmatch(address):
+        return f"<{address}>"
+    raise ValueError(f"{address!r} is not a mailbox (local-part@domain) SMTP can carry")
+
+
 class _Lane:
     """One SMTP connection and the conversation on it, one message at a time."""
 
@@ -249,26 +267,30 @@ class _Lane:
         if utf8 and not smtp.supports_extension("smtputf8"):
             return Outcome(ob.key, delivered=False,
                            error="the relay cannot send to non-ASCII addresses (no SMTPUTF8)")
-        options = ["SMTPUTF8"] if utf8 else []
-        eight_bit = smtp.supports_extension("8bitmime")
-        if eight_bit:
-            options.append("BODY=8BITMIME")
+        options = [b"SMTPUTF8"] if utf8 else []
+        if smtp.supports_extension("8bitmime"):
+            options.append(b"BODY=8BITMIME")
+        try:
+            mail_from, rcpt_to = _envelope_address(sender), _envelope_address(to)
+        except ValueError as exc:
+            return Outcome(ob.key, delivered=False, error=f"invalid address: {exc}")
         try:
             raw = wire_message(self.config, ob, utf8=utf8)
         except (ValueError, TypeError) as exc:  # e.g. a header value with a line break
             return Outcome(ob.key, delivered=False, error=f"invalid message: {exc}")
         if smtp.supports_extension("size"):
-            options.insert(0, f"SIZE={len(raw)}")
+            options.insert(0, b"SIZE=%d" % len(raw))
         encoding = "utf-8" if utf8 else "ascii"
-        try:
-            await smtp.mail(sender, options=options, encoding=encoding)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            return await self._rejected(smtp, ob, exc.code, exc.message, at_rcpt=False)
+        # The commands go out as they are: aiosmtplib's mail() and rcpt() would parse
+        # both addresses again, leniently (see _envelope_address), on every message.
+        reply = await smtp.execute_command(b"MAIL", b"FROM:" + mail_from.encode(encoding),
+                                           *options)
+        if reply.code != 250:
+            return await self._rejected(smtp, ob, reply.code, reply.message, at_rcpt=False)
         stage.append("rcpt")
-        try:
-            await smtp.rcpt(to, encoding=encoding)
-        except aiosmtplib.SMTPRecipientRefused as exc:
-            return await self._rejected(smtp, ob, exc.code, exc.message, at_rcpt=True)
+        reply = await smtp.execute_command(b"RCPT", b"TO:" + rcpt_to.encode(encoding))
+        if reply.code not in (250, 251):
+            return await self._rejected(smtp, ob, reply.code, reply.message, at_rcpt=True)
         stage.append("data")
         try:
             response = await smtp.data(raw)
@@ -318,6 +340,13 @@ class _Lane:
             local_hostname=cfg.local_hostname or cfg.domain,
         )
         await smtp.connect()
+        if smtp.is_ehlo_or_helo_needed:
+            # Now, not at the first MAIL: the first message of a connection must already
+            # know the relay's extensions (SIZE, 8BITMIME, SMTPUTF8).
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await smtp.helo()
         self.connections += 1
         self._smtp = smtp
         return smtp

@@ -31,6 +31,7 @@ class ReceivedMail:
     raw: bytes
     tls: bool
     login: str | None
+    mail_options: list[str]
 
     @property
     def message(self) -> EmailMessage:
@@ -63,7 +64,8 @@ class _Handler:
             mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
             raw=content if isinstance(content, bytes) else content.encode(),
             tls=server.transport.get_extra_info("ssl_object") is not None,
-            login=login.login.decode() if isinstance(login, LoginPassword) else None))
+            login=login.login.decode() if isinstance(login, LoginPassword) else None,
+            mail_options=list(envelope.mail_options)))
         queued = next(peer._ids)
         if peer.drop_after and len(peer.received) % peer.drop_after == 0:
             # Like a relay that ends the session after N messages: answer, then hang up.
