@@ -15,15 +15,19 @@ that worker dies the supervisor's replacement takes it over.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import gc
 import os
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 
 from propel.settings import Settings
 
 BACKGROUND_ENV = "PROPEL_SERVE_BACKGROUND"
+T = TypeVar("T")
 _held: list[int] = []  # the lock's file descriptor, open for the process's lifetime
 
 
@@ -58,6 +62,26 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``PROPEL_EVENT_LOOP`` names: "auto" is uvloop when installed."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise RuntimeError("PROPEL_EVENT_LOOP=uvloop, but uvloop is not installed "
+                                   "(pip install uvloop)") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run_event_loop(main: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """``asyncio.run(main)`` on the loop the settings choose."""
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        return runner.run(main)
 
 
 def worker_app() -> FastAPI:

@@ -13,10 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 from killloop import ServerConfig, ServerProcess, cli
+from peers import Certificate
+from peers.smtp import SMTP_LOGIN, SmtpPeer
+from peers.webhook import WEBHOOK_SECRET, WebhookReceiver
 
+from propel.channels.base import Outbound, Outcome
+from propel.channels.email import EmailChannel, EmailConfig
+from propel.channels.webhook import WebhookChannel, WebhookConfig
 from propel.core import Propel
 from propel.lake.flush import pending_stats
-from propel.serving import GC_YOUNG_THRESHOLD, settle_heap
+from propel.serving import GC_YOUNG_THRESHOLD, loop_factory, run_event_loop, settle_heap
 from propel.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)
@@ -125,3 +131,48 @@ def test_writer_processes_take_turns_on_one_sqlite_file(tmp_path: Path) -> None:
     assert counts == {"a": 200, "b": 200, "held": 1}
     first.close()
     second.close()
+
+
+def test_event_loop_setting_chooses_the_loop() -> None:
+    import asyncio
+
+    import uvloop
+
+    assert loop_factory("auto") is uvloop.new_event_loop  # installed with uvicorn[standard]
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+    with pytest.raises(ValueError, match="event_loop"):
+        Settings(event_loop="trio")
+
+
+def test_channels_deliver_on_uvloop(smtp_starttls_peer: SmtpPeer, tls_cert: Certificate,
+                                    webhook_peer: WebhookReceiver, tmp_path: Path) -> None:
+    """STARTTLS, SMTP AUTH and aiohttp's webhooks on the loop delivery runs on."""
+    import asyncio
+
+    import uvloop
+
+    user, password = SMTP_LOGIN
+    email = EmailChannel(EmailConfig(
+        host=smtp_starttls_peer.host, port=smtp_starttls_peer.port, security="starttls",
+        ca_file=str(tls_cert.cert_file), username=user, password=password,
+        from_address="Shop <news@shop.test>", timeout=5))
+    hook = WebhookChannel(WebhookConfig(url=webhook_peer.endpoint, secret=WEBHOOK_SECRET))
+
+    async def send() -> tuple[type, list[Outcome]]:
+        batch = [Outbound(key=f"k{i}", account_id="a", campaign_id="c", identity=f"u{i}",
+                          to=f"u{i}@example.test", subject="Hi", text="Hello",
+                          data={"n": i}) for i in range(3)]
+        try:
+            outcomes = await email.send(batch) + await hook.send(batch)
+        finally:
+            await email.aclose()
+            await hook.aclose()
+        return type(asyncio.get_running_loop()), outcomes
+
+    loop_type, outcomes = run_event_loop(
+        send(), Settings(data_dir=tmp_path, event_loop="uvloop"))
+    assert loop_type is uvloop.Loop
+    assert all(o.delivered for o in outcomes) and len(outcomes) == 6
+    assert [m.tls and m.login == user for m in smtp_starttls_peer.received] == [True] * 3
+    assert webhook_peer.unique_keys == 3

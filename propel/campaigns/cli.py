@@ -117,6 +117,7 @@ def send(campaign_id: str, account: AccountOpt = None,
     from propel.campaigns.delivery import DeliveryEngine
     from propel.campaigns.dispatch import dispatch_campaign, finish_dispatches
     from propel.campaigns.service import get_campaign, publish
+    from propel.serving import run_event_loop
 
     with _context(account) as (propel, account_id):
         c = _run(get_campaign, propel, account_id, campaign_id)
@@ -133,7 +134,7 @@ def send(campaign_id: str, account: AccountOpt = None,
             console.print(f"nothing due now (next run {c.next_run_at})")
             return
         if wait:
-            total = asyncio.run(DeliveryEngine(propel).drain())
+            total = run_event_loop(DeliveryEngine(propel).drain(), propel.settings)
             finish_dispatches(propel)
             console.print(f"dispatch {dispatch_id}: {total:,} messages handled")
         _print_stats(propel, campaign_id)

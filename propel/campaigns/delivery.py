@@ -31,6 +31,7 @@ from propel.channels.base import Channel, Outbound, Outcome
 from propel.core import Propel
 from propel.db.meta import upsert_insert, utcnow
 from propel.profiles.tables import profiles
+from propel.serving import run_event_loop
 
 log = logging.getLogger("propel.delivery")
 MAX_ATTEMPTS = 5
@@ -474,7 +475,7 @@ class DeliveryThread(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        asyncio.run(self._loop())
+        run_event_loop(self._loop(), self.propel.settings)
 
     async def _loop(self) -> None:
         from propel.campaigns.dispatch import dispatch_campaign, finish_dispatches

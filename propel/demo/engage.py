@@ -12,7 +12,6 @@ machinery, so the measured lift can be checked against the known true one.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import socket
 import threading
@@ -35,6 +34,7 @@ from propel.core import Propel
 from propel.demo.synth import purchase_probability
 from propel.ingest.records import EventRecord, IngestItem, key_hash
 from propel.ingest.service import ingest_sync
+from propel.serving import run_event_loop
 
 UPLIFT = 0.5  # extra conversion probability per unit of responsiveness, if messaged
 CHANNEL_BY_GROUP = {"High": "email", "Medium": "inbox", "Low": "webhook"}
@@ -94,7 +94,7 @@ def _configure(propel: Propel, account_id: str, sinks: _Sinks) -> None:
 
 
 def _deliver(propel: Propel) -> int:
-    return asyncio.run(DeliveryEngine(propel).drain())
+    return run_event_loop(DeliveryEngine(propel).drain(), propel.settings)
 
 
 def _simulate(propel: Propel, account_id: str, campaign_ids: list[str], traits: Any,
