@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import cProfile
 import multiprocessing
-import os
 import pstats
 import resource
 import secrets
@@ -33,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import host  # noqa: E402
 from bench_ingest import _drop_pg_schema, _pg_schema  # noqa: E402
 
 
@@ -58,12 +58,12 @@ def _cpu() -> float:
 def _drain(settings: Any) -> int:
     from propel.campaigns.delivery import DeliveryEngine
     from propel.core import Propel
-    from propel.serving import settle_heap
+    from propel.serving import run_event_loop, settle_heap
 
     propel = Propel(settings)
     settle_heap()  # as `propel worker` does
     try:
-        return asyncio.run(DeliveryEngine(propel, batch_size=1000).drain())
+        return run_event_loop(DeliveryEngine(propel, batch_size=1000).drain(), settings)
     finally:
         propel.close()
 
@@ -73,7 +73,7 @@ def _run(propel: Any, account: str, channel: str, content: dict, processes: int
     from propel.campaigns import service
     from propel.campaigns.delivery import DeliveryEngine
     from propel.campaigns.dispatch import dispatch_campaign
-    from propel.serving import settle_heap
+    from propel.serving import run_event_loop, settle_heap
 
     c = service.create_campaign(propel, account, name=f"bench {channel}", channel=channel,
                                 audience={"property": "plan", "op": "=", "value": "pro"},
@@ -86,7 +86,8 @@ def _run(propel: Any, account: str, channel: str, content: dict, processes: int
     dispatch_campaign(propel, account, c.id)
 
     if processes == 1:
-        sent = asyncio.run(DeliveryEngine(propel, batch_size=1000).drain())
+        sent = run_event_loop(DeliveryEngine(propel, batch_size=1000).drain(),
+                              propel.settings)
     else:
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
             sent = sum(pool.map(_drain, [propel.settings] * processes))
@@ -173,8 +174,8 @@ def main() -> None:
         set_config(propel.db, account, "webhook", {
             "url": f"http://127.0.0.1:{http_port}/h", "secret": secrets.token_urlsafe(24)})
         db = "PostgreSQL" if args.postgres else "SQLite"
-        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-              f"receivers in a separate process; {args.processes} delivery process(es)")
+        print(f"{host.describe()}; receivers in a separate process; "
+              f"{args.processes} delivery process(es)")
         for index, (channel, content) in enumerate((
                 ("email", {"subject": "Hi {{ user.first_name | default('there') }}",
                            "html": "<p>Hello {{ user.first_name | default('') }}, "

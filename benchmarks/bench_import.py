@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import host
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -152,7 +153,7 @@ def main() -> None:
             generate(args.events, folder, formats)
             marker.write_text("")
             print(f"generated {args.events:,} events in {time.perf_counter() - started:.1f}s")
-        print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+        print(host.describe())
         failed = False
         for fmt in formats:
             path = folder / f"events.{fmt}"

@@ -44,6 +44,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import host
 import httpx
 
 PROPEL = str(Path(sys.executable).with_name("propel"))
@@ -377,6 +378,7 @@ def main() -> None:
         reader.start()
         run = uuid.uuid4().hex[:6]
         out = folder / "load.json"
+        print(host.describe(), flush=True)
         load_avg = os.getloadavg()[0]
         print(f"{database}: {args.clients} clients x {args.batch} events/request for "
               f"{args.duration:.0f}s, flush every {args.flush_seconds}s; load average "

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import host
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -481,8 +482,7 @@ def run_speed(args: argparse.Namespace) -> None:
     from propel.demo.synth import SyntheticApp
 
     root = args.data or Path(tempfile.mkdtemp(prefix="propel-bench-speed-"))
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-          f"data in {root}", flush=True)
+    print(f"{host.describe()}; data in {root}", flush=True)
     rows = []
     for users in (int(u) for u in args.users.split(",")):
         folder = root / f"users-{users}"
