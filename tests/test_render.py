@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from propel.campaigns import render
-from propel.campaigns.render import TemplateError, build_context, choose_variant
+from propel.campaigns.content_validation import TemplateError, validate_content
+from propel.campaigns.render import build_context, choose_variant
+from propel.campaigns.sandbox import MAX_OUTPUT_CHARS
 from propel.db.meta import utcnow
 from propel.ingest.records import IngestItem, ProfileUpdate, key_hash
 from propel.ingest.service import ingest_sync
@@ -25,7 +27,7 @@ def email(subject: str = "Hello", html: str = "<p>Hi</p>", **more: object) -> di
 
 def problem_of(channel: str, content: dict) -> TemplateError:
     with pytest.raises(TemplateError) as info:
-        render.validate_content(channel, content)
+        validate_content(channel, content)
     return info.value
 
 
@@ -111,7 +113,7 @@ def test_sandbox_refuses_unsafe_or_runaway_constructs(source: str, reason: str) 
     err = problem_of("email", email(html=source))
     assert err.field == "html" and reason in err.reason, err.reason
     out = render.render("email", {"subject": "s", "html": source}, ADA)  # never raises
-    assert len(out["html"]) <= render.MAX_OUTPUT_CHARS
+    assert len(out["html"]) <= MAX_OUTPUT_CHARS
 
 
 def test_syntax_error_reports_variant_field_and_line() -> None:
@@ -155,7 +157,7 @@ def test_template_failing_for_a_sample_user_fails_at_validate_time() -> None:
             " {{ (user.orders | default(0)) * 2 }}"
             " {{ predictions['Predict Churn'].group | default('') }}"
             " {{ user.address.city | default('') }}")
-    render.validate_content("sms", {"variants": [{"name": "A", "body": good}]})
+    validate_content("sms", {"variants": [{"name": "A", "body": good}]})
     assert render.render("sms", {"body": good}, BARE)["body"].startswith("Hi there")
     cart = build_context({"identity": "u"}, event={"items": ["desk", "lamp"]})
     assert "desklamp" in render.render("sms", {"body": good}, cart)["body"]
@@ -172,7 +174,7 @@ def test_data_keys_win_over_dict_methods() -> None:
 def test_a_field_failing_on_odd_data_falls_back_to_the_minimal_user() -> None:
     variant = {"name": "A", "body": "Hi {{ user.first_name | default('there') }}, "
                                     "{% for p in user.plan %}{{ p }}{% endfor %}done"}
-    render.validate_content("sms", {"variants": [variant]})
+    validate_content("sms", {"variants": [variant]})
     odd = build_context({"identity": "u", "first_name": "Kim", "plan": 7})
     assert render.render("sms", variant, odd)["body"] == "Hi there, done"
     assert render.render("sms", {"body": "{{ x"}, odd)["body"] == ""  # never validated
@@ -180,10 +182,10 @@ def test_a_field_failing_on_odd_data_falls_back_to_the_minimal_user() -> None:
 
 def test_extra_samples_are_tried_too() -> None:
     content = {"variants": [{"name": "A", "body": "{{ (user.orders | default(0)) + 1 }}"}]}
-    render.validate_content("sms", content)
+    validate_content("sms", content)
     odd = build_context({"identity": "x", "phone": "+14155550123", "orders": "three"})
     with pytest.raises(TemplateError, match="sample user #1"):
-        render.validate_content("sms", content, samples=[odd])
+        validate_content("sms", content, samples=[odd])
 
 
 def test_required_fields_unknown_fields_and_splits() -> None:
@@ -224,7 +226,7 @@ def test_every_channel_validates_and_renders_its_fields() -> None:
         "webhook": {"body": "b", "data": {"plan": "{{ user.plan | default('free') }}"}},
     }
     for channel, fields in contents.items():
-        render.validate_content(channel, {"variants": [{"name": "A", **fields}]})
+        validate_content(channel, {"variants": [{"name": "A", **fields}]})
         out = render.render(channel, fields, ADA)
         assert set(out) == set(render.FIELDS[channel])
     assert render.render("webhook", contents["webhook"], BARE)["data"] == {"plan": "free"}
@@ -271,7 +273,7 @@ def test_a_validated_template_renders_for_any_user(props: dict) -> None:
                        "{% if user.vip %} ★{% endif %}"
                        " {{ (user.orders | default(0)) * 2 }}"
                        "{% for p in user.plan %}{{ p }}{% endfor %}</p>"}
-    render.validate_content("email", {"variants": [variant]})
+    validate_content("email", {"variants": [variant]})
     out = render.render("email", variant, build_context({"identity": "u", **props}))
     assert out["subject"].startswith("Hi") and out["html"].startswith("<p>")
 
@@ -297,7 +299,7 @@ def test_preview_uses_the_chosen_users_profile_and_predictions(propel, tenant) -
          "html": "<p>{{ predictions['Predict Conversions'].group | default('?') }}"
                  " {{ event.sku | default('') }}</p>"},
         {"name": "B", "split": 50, "subject": "Yo {{ user.email }}", "text": "plain"}]}
-    render.validate_content("email", content)
+    validate_content("email", content)
     shown = render.preview(propel, tenant.id, "email", content, "u-77", event={"sku": "S1"})
     assert shown["A"]["subject"] == "Hi Kim"
     assert shown["A"]["html"] == "<p>High S1</p>"

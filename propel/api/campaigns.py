@@ -80,7 +80,7 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def _problems(exc: Exception) -> dict[str, Any]:
     """Every content problem (variant, field, line, reason) when the error is about the
     templates, so an editor can mark each line, not just the first."""
-    from propel.campaigns.render import TemplateError
+    from propel.campaigns.content_validation import TemplateError
 
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, TemplateError):

@@ -174,15 +174,15 @@ def _validate(propel: Propel, account_id: str, c: Campaign) -> None:
     if c.rate_per_second is not None and not 0 < c.rate_per_second <= 100_000:
         raise CampaignError("rate_per_second must be above 0")
     from propel import audiences
-    from propel.campaigns import render
+    from propel.campaigns.content_validation import TemplateError, validate_content
 
     try:
         audiences.validate(c.audience)
     except audiences.AudienceError as exc:
         raise CampaignError(f"audience: {exc}") from None
     try:
-        render.validate_content(c.channel, c.content)
-    except render.TemplateError as exc:
+        validate_content(c.channel, c.content)
+    except TemplateError as exc:
         raise CampaignError(f"content: {exc}") from None
     c.schedule = validate_schedule(c.schedule or {"type": "now"})
     c.dnd = validate_dnd(c.dnd)

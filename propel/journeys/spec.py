@@ -251,7 +251,7 @@ def _goal(value: Any, problems: _Problems) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------ steps
 
 def _send(step: dict[str, Any], path: str, problems: _Problems, check_content: bool) -> None:
-    from propel.campaigns import render
+    from propel.campaigns.content_validation import TemplateError, validate_content
     from propel.campaigns.service import CHANNELS, CampaignError, validate_caps, validate_dnd
 
     if step.get("channel") not in CHANNELS:
@@ -259,8 +259,8 @@ def _send(step: dict[str, Any], path: str, problems: _Problems, check_content: b
         return
     if check_content:
         try:
-            render.validate_content(step["channel"], step.get("content"))
-        except render.TemplateError as exc:
+            validate_content(step["channel"], step.get("content"))
+        except TemplateError as exc:
             for p in exc.problems:
                 where = ".".join(str(x) for x in (p.get("variant"), p.get("field")) if x)
                 line = f" (line {p['line']})" if p.get("line") else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from propel.campaigns.render import MAX_VARIANTS
+from propel.campaigns.content_validation import MAX_VARIANTS
 from propel.predictions.spec import SpecError, parse_where
 from propel.web import audience_form
 

@@ -20,8 +20,8 @@ from propel.accounts.users import Session
 from propel.api.auth import propel_of
 from propel.api.campaigns import reference_problem
 from propel.audiences.rules import CHANNELS as REACH_CHANNELS
-from propel.campaigns import render as content
 from propel.campaigns import service
+from propel.campaigns.content_validation import TemplateError, validate_content
 from propel.campaigns.engage import GROUPS, draft_fields
 from propel.campaigns.preview import preview_for
 from propel.web import audience_form, builder_form
@@ -110,7 +110,7 @@ def _named_properties(tree: audience_form.Node) -> set[str]:
 
 def _problems(exc: Exception) -> list[dict[str, Any]]:
     cause = exc.__cause__ or exc.__context__
-    return cause.problems if isinstance(cause, content.TemplateError) else []
+    return cause.problems if isinstance(cause, TemplateError) else []
 
 
 def _locked(request: Request, c: service.Campaign) -> Response:
@@ -236,8 +236,8 @@ def _preview(request: Request, session: Session, state: BuilderState, identity: 
         return {"error": "Enter a user's identity to preview the message for them."}
     fields, _ = builder_form.to_fields(state, {})
     try:
-        content.validate_content(fields["channel"], fields["content"])
-    except content.TemplateError as exc:
+        validate_content(fields["channel"], fields["content"])
+    except TemplateError as exc:
         return {"error": "Fix the content first: " + "; ".join(
             builder_form.problem_text(p) for p in exc.problems)}
     draft = service.Campaign(id="preview", account_id=_account(session),
