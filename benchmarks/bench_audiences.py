@@ -191,7 +191,8 @@ def write_events(users: int, days: int, seed: int, path: Path) -> int:
 def load(data_dir: Path, users: int, days: int, seed: int, database_url: str | None
          ) -> tuple[Any, str, dict[str, Any]]:
     from propel.accounts import create_account
-    from propel.ingest.bulk import ImportSpec, import_file
+    from propel.ingest.bulk import import_file
+    from propel.ingest.bulk_spec import ImportSpec
 
     marker = data_dir / "loaded.json"
     data_dir.mkdir(parents=True, exist_ok=True)

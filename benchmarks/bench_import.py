@@ -95,7 +95,8 @@ def run_child(fmt: str, path: Path, chunk_rows: int | None, no_message_id: bool)
     """Import one file into a fresh data dir (in this process) and measure it."""
     from propel.accounts import create_account
     from propel.core import Propel
-    from propel.ingest.bulk import CHUNK_ROWS, ImportSpec, import_file
+    from propel.ingest.bulk import CHUNK_ROWS, import_file
+    from propel.ingest.bulk_spec import ImportSpec
     from propel.lake.reader import count_events
     from propel.settings import Settings
 

@@ -145,7 +145,8 @@ def write_profiles(propel: Any, account_id: str, app: Any, users: int, end: date
 
 def import_events(propel: Any, account_id: str, path: Path, mapping: dict[str, str],
                   **options: Any) -> Any:
-    from propel.ingest.bulk import ImportSpec, import_file
+    from propel.ingest.bulk import import_file
+    from propel.ingest.bulk_spec import ImportSpec
 
     spec = ImportSpec(kind="events", path=path, mapping=mapping,
                       reject_path=path.with_suffix(".rejects.csv"), **options)

@@ -329,7 +329,8 @@ def _run_import(kind: str, file: Path, account: str | None, maps: list[str] | No
                 delimiter: str | None, header: bool, reject_file: Path | None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from propel.ingest.bulk import ImportError_, ImportSpec, import_file
+    from propel.ingest.bulk import import_file
+    from propel.ingest.bulk_spec import ImportError_, ImportSpec
 
     propel = _propel()
     spec = ImportSpec(kind=kind, path=file, mapping=_parse_maps(maps or []),

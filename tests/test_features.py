@@ -25,7 +25,8 @@ from synthetic_shop import load_synthetic
 from propel.accounts import create_account
 from propel.core import Propel
 from propel.demo.synth import SyntheticApp
-from propel.ingest.bulk import ImportSpec, import_file
+from propel.ingest.bulk import import_file
+from propel.ingest.bulk_spec import ImportSpec
 from propel.ingest.records import EventRecord, IngestItem, ProfileUpdate, key_hash
 from propel.ingest.service import ingest_sync
 from propel.lake.reader import snapshot

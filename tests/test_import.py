@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from propel.cli import app
 from propel.core import Propel
-from propel.ingest.bulk import ImportError_, ImportSpec, import_file
+from propel.ingest.bulk import import_file
+from propel.ingest.bulk_spec import ImportError_, ImportSpec
 from propel.lake.reader import count_events, message_ids
 from propel.profiles import get_profile
 
@@ -347,7 +348,8 @@ def _import_in_subprocess(propel: Propel, tenant_id: str, path: Path, chunk_rows
     script = (
         "import sys; from pathlib import Path\n"
         "from propel.core import Propel\n"
-        "from propel.ingest.bulk import ImportSpec, import_file\n"
+        "from propel.ingest.bulk import import_file\n"
+        "from propel.ingest.bulk_spec import ImportSpec\n"
         "p = Propel()\n"
         "s = import_file(p, sys.argv[1], ImportSpec(kind='events', path=Path(sys.argv[2]), "
         "mapping={'identity': 'user', 'ts': 'ts', 'n': 'n'}, event_name='Tick'), "
