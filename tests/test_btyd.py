@@ -14,12 +14,8 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from propel.predictions.btyd import (
-    BetaGeoModel,
-    NotFittedError,
-    rfm_from_transactions,
-    simulate_bgnbd,
-)
+from propel.predictions.btyd import BetaGeoModel, NotFittedError
+from propel.predictions.btyd_data import rfm_from_transactions, simulate_bgnbd
 
 DATA = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 
