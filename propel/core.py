@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from propel import faults
+from propel.channels.sealing import Sealer
 from propel.db.engine import Database
 from propel.db.migrate import upgrade
 from propel.lake.store import Lake
@@ -20,6 +21,7 @@ class Propel:
             queue_limit=self.settings.write_queue_limit,
             write_timeout=self.settings.write_timeout_seconds,
         )
+        self.db.sealer = Sealer(self.settings.resolved_secret_key)
         self.lake = Lake(self.settings.resolved_lake_uri,
                          query_memory_limit=self.settings.query_memory_limit,
                          query_temp_dir=str(self.settings.data_dir / "query-tmp"))

@@ -8,8 +8,12 @@ settings as a dataclass (types, defaults, limits and help in field metadata);
 
 Secrets (passwords, tokens, keys) are masked as ``MASK`` when read back unless asked
 otherwise, and a form that sends ``MASK`` back keeps the stored secret, so editing the
-port does not mean retyping the password. They are stored as given in
-``channel_configs``: the operational database must be protected like the secrets.
+port does not mean retyping the password. In ``channel_configs`` each secret is sealed
+(:mod:`propel.channels.sealing`) under a key derived from the application's secret key,
+so a dump or backup of the operational database alone does not reveal it; the other
+settings stay readable JSON. A secret stored in plain text by an earlier version is
+read as it is and sealed by the next save. A secret sealed under another secret key
+cannot be opened: using it raises ChannelError asking for it to be entered again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from propel.channels.base import Channel, ChannelError, Outbound, Outcome
 from propel.channels.email import EmailChannel, EmailConfig
 from propel.channels.inbox import InboxChannel, InboxConfig
 from propel.channels.push import PushChannel, PushConfig
+from propel.channels.sealing import Sealer, Unreadable
 from propel.channels.sms import SmsChannel, SmsConfig
 from propel.channels.webhook import WebhookChannel, WebhookConfig
 from propel.core import Propel
@@ -183,6 +188,7 @@ def describe(channel: str) -> list[dict[str, Any]]:
 
 
 def _load(db: Database, account_id: str, channel: str) -> dict[str, Any] | None:
+    """The stored settings as they are in the database: secrets still sealed."""
     with db.read() as conn:
         text = conn.execute(select(channel_configs.c.config).where(
             channel_configs.c.account_id == account_id,
@@ -190,9 +196,36 @@ def _load(db: Database, account_id: str, channel: str) -> dict[str, Any] | None:
     return None if text is None else orjson.loads(text)
 
 
-def _masked(channel: str, stored: dict[str, Any], reveal: bool) -> dict[str, Any]:
-    if reveal:
-        return dict(stored)
+def _sealer(db: Database) -> Sealer:
+    if db.sealer is None:
+        raise RuntimeError("this Database has no sealer for channel secrets: open it "
+                           "through Propel, which sets one from the secret key")
+    return db.sealer
+
+
+def _sealed(db: Database, channel: str, stored: dict[str, Any]) -> dict[str, Any]:
+    secrets = secret_fields(channel)
+    return {k: (_sealer(db).seal(v) if k in secrets else v) for k, v in stored.items()}
+
+
+def _open(db: Database, channel: str, name: str, value: Any) -> Any:
+    try:
+        return _sealer(db).open(value)
+    except Unreadable:
+        # Short enough to survive in a message's recorded reason (180 characters).
+        raise ChannelError(
+            f"{channel}.{name} cannot be read: PROPEL_SECRET_KEY (or the secret_key file "
+            "in the data dir) differs from the key that saved it; enter it again "
+            "(Settings, propel channels set)") from None
+
+
+def _opened(db: Database, channel: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with its secrets in plain text (ChannelError if one cannot be)."""
+    secrets = secret_fields(channel)
+    return {k: (_open(db, channel, k, v) if k in secrets else v) for k, v in stored.items()}
+
+
+def _masked(channel: str, stored: dict[str, Any]) -> dict[str, Any]:
     secrets = secret_fields(channel)
     return {k: (MASK if k in secrets else v) for k, v in stored.items()}
 
@@ -210,12 +243,11 @@ def set_config(db: Database, account_id: str, channel: str,
     if masked:
         existing = _load(db, account_id, channel) or {}
         for name in masked:
-            if name in existing:
-                raw[name] = existing[name]
-            else:
+            if name not in existing:
                 raise ChannelError(f"{channel}.{name} is required (no stored value to keep)")
+            raw[name] = _open(db, channel, name, existing[name])
     _cfg, stored = _parse(channel, raw)
-    text = orjson.dumps(stored).decode()
+    text = orjson.dumps(_sealed(db, channel, stored)).decode()
 
     def _upsert(conn: Connection) -> None:
         stmt = upsert_insert(conn.dialect.name, channel_configs).values(
@@ -225,15 +257,18 @@ def set_config(db: Database, account_id: str, channel: str,
             set_={"config": stmt.excluded.config, "updated_at": stmt.excluded.updated_at}))
 
     db.write(_upsert)
-    return _masked(channel, stored, reveal=False)
+    return _masked(channel, stored)
 
 
 def get_config(db: Database, account_id: str, channel: str,
                reveal_secrets: bool = False) -> dict[str, Any] | None:
-    """The stored settings (secrets masked unless ``reveal_secrets``), or None if unset."""
+    """The stored settings (secrets masked unless ``reveal_secrets``), or None if unset.
+    Revealing raises ChannelError if a secret was sealed under another secret key."""
     _check_channel(channel)
     stored = _load(db, account_id, channel)
-    return None if stored is None else _masked(channel, stored, reveal_secrets)
+    if stored is None:
+        return None
+    return _opened(db, channel, stored) if reveal_secrets else _masked(channel, stored)
 
 
 def delete_config(db: Database, account_id: str, channel: str) -> bool:
@@ -257,7 +292,7 @@ def list_configs(db: Database, account_id: str) -> dict[str, dict[str, Any] | No
     out: dict[str, dict[str, Any] | None] = {}
     for channel in CHANNELS:
         if channel in stored:
-            out[channel] = _masked(channel, stored[channel], reveal=False)
+            out[channel] = _masked(channel, stored[channel])
         else:
             out[channel] = {} if channel in _NEEDS_NO_CONFIG else None
     return out
@@ -276,8 +311,9 @@ def build_channel(propel: Propel, account_id: str, channel: str) -> Channel:
     if stored is None:
         raise ChannelError(
             f"{channel} is not configured: set it in Settings or with propel channels set")
+    opened = _opened(propel.db, channel, stored)
     try:
-        config = validate_config(channel, stored)
+        config = validate_config(channel, opened)
     except ChannelError as exc:  # stored by an older version with other rules
         raise ChannelError(f"{channel} settings are no longer valid: {exc}") from exc
     factories: dict[str, Any] = {"email": EmailChannel, "webhook": WebhookChannel,

@@ -18,12 +18,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+if TYPE_CHECKING:
+    from propel.channels.sealing import Sealer
 
 T = TypeVar("T")
 log = logging.getLogger("propel.db")
@@ -175,7 +178,11 @@ class _SqliteWriter:
 
 
 class Database:
-    """Reads on pooled connections; writes through :meth:`write` / :meth:`awrite`."""
+    """Reads on pooled connections; writes through :meth:`write` / :meth:`awrite`.
+
+    ``sealer`` seals secrets kept in rows (channel settings) under the application's
+    secret key; :class:`propel.core.Propel` sets it. A Database opened on its own has
+    none and refuses to store or open such secrets."""
 
     def __init__(
         self,
@@ -190,6 +197,7 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.write_timeout = write_timeout
         self._writer = _SqliteWriter(self.engine, queue_limit) if self.is_sqlite else None
+        self.sealer: Sealer | None = None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -35,6 +35,7 @@ from propel.channels.registry import (
     set_config,
     validate_config,
 )
+from propel.db.engine import Database
 from propel.ingest.service import list_rejections
 from propel.web.auth import signed_in
 from propel.web.templating import render
@@ -246,15 +247,35 @@ def channel_errors(channel: str, raw: dict[str, Any]) -> dict[str, str]:
     return errors
 
 
+def _stored_for_form(db: Database, account_id: str, channel: str,
+                     form: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the stored settings, secrets revealed; errors). A secret sealed under another
+    secret key cannot be kept, only typed again, so leaving it blank is the error."""
+    try:
+        return get_config(db, account_id, channel, reveal_secrets=True) or {}, {}
+    except ChannelError as exc:
+        problem = str(exc)
+    stored = get_config(db, account_id, channel) or {}
+    secrets = {f["name"] for f in describe(channel) if f["secret"]}
+    kept = [n for n in secrets & stored.keys()
+            if not str(form.get(n, "")).strip() and not form.get(f"clear_{n}")]
+    readable = {k: v for k, v in stored.items() if k not in secrets}
+    if not kept:
+        return readable, {}
+    name = sorted(kept)[0]
+    return readable, {name: _friendly(channel, name, problem, secret=True)}
+
+
 @router.post("/settings/channels/{channel}")
 async def save_channel(request: Request, channel: str,
                        session: Session = Depends(signed_in("admin"))) -> Response:
     channel = _channel(channel)
     db = propel_of(request).db
     account_id = session.user.account_id
-    stored = get_config(db, account_id, channel, reveal_secrets=True) or {}
-    raw, shown = _submitted(channel, await request.form(), stored)
-    errors = channel_errors(channel, raw)
+    form = await request.form()
+    stored, errors = _stored_for_form(db, account_id, channel, form)
+    raw, shown = _submitted(channel, form, stored)
+    errors = errors or channel_errors(channel, raw)
     if not errors:
         try:
             set_config(db, account_id, channel, raw)
