@@ -148,3 +148,34 @@ def test_cli_predictions(propel, tenant, monkeypatch, tmp_path, settings):
     assert r.exit_code == 1 and "no prediction" in r.output
     r = run(cli_app, ["predictions", "train", "Buyers", "--as-of", "June"])
     assert r.exit_code == 2
+
+
+def test_one_training_and_one_scoring_at_a_time(client, propel, tenant):
+    """A manual run while another run of the same kind (say the scheduled one, in
+    another process) holds the prediction is refused at once, with the reason."""
+    from propel.lake.store import writer_lease
+
+    load_shop(propel, tenant.id, users=600, days=70)
+    h = tenant.bearer
+    pid = client.post("/api/v1/predictions", json={"template": "conversions"},
+                      headers=h).json()["id"]
+    as_of = {"as_of": END.isoformat()}
+    with writer_lease(propel.db, name=f"prediction-train:{pid}"):
+        busy = client.post(f"/api/v1/predictions/{pid}/train", headers=h, json=as_of)
+        assert busy.status_code == 409
+        error = busy.json()["error"]
+        assert error["code"] == "already_running"
+        assert "'Predict Conversions' is being trained by another run" in error["message"]
+        assert client.get(f"/api/v1/predictions/{pid}", headers=h).json()["versions"] == []
+    assert client.post(f"/api/v1/predictions/{pid}/train", headers=h,
+                       json=as_of).status_code == 200
+    with writer_lease(propel.db, name=f"prediction-score:{pid}"):
+        busy = client.post(f"/api/v1/predictions/{pid}/score", headers=h, json=as_of)
+        assert busy.status_code == 409 and "being scored" in busy.json()["error"]["message"]
+        # training is another kind: it does not wait for the scoring
+        assert client.post(f"/api/v1/predictions/{pid}/train", headers=h,
+                           json=as_of).status_code == 200
+        assert client.get(f"/api/v1/predictions/{pid}", headers=h).json()[
+            "scoring_runs"] == []
+    assert client.post(f"/api/v1/predictions/{pid}/score", headers=h,
+                       json=as_of).status_code == 200

@@ -147,6 +147,8 @@ async def train(request: Request, prediction_id: str, body: TrainIn | None = Non
             preds.train_prediction, propel_of(request), p, as_of=body.as_of, seed=body.seed)
     except preds.NotEnoughData as exc:
         raise ApiError(422, "not_enough_data", str(exc)) from None
+    except preds.AlreadyRunning as exc:
+        raise ApiError(409, "already_running", str(exc)) from None
     return {"version": result.version.as_dict(), "promoted": result.promoted,
             "reason": result.reason}
 
@@ -161,6 +163,8 @@ async def score(request: Request, prediction_id: str, body: ScoreIn | None = Non
                                          as_of=as_of)
     except preds.NotTrained as exc:
         raise ApiError(409, "not_trained", str(exc)) from None
+    except preds.AlreadyRunning as exc:
+        raise ApiError(409, "already_running", str(exc)) from None
     return {"run_id": result.run_id, "rows": result.rows, "changed": result.changed,
             "groups": result.group_sizes, "expected_rates": result.expected_rates,
             "model_version": result.model_version}

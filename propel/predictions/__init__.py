@@ -20,6 +20,7 @@ from propel.core import Propel
 from propel.jobs import schedules
 from propel.lake.reader import snapshot
 from propel.predictions import quality, registry
+from propel.predictions.exclusive import AlreadyRunning
 from propel.predictions.features import compute_features, labels, register_aliases
 from propel.predictions.registry import NotFound, Prediction
 from propel.predictions.scoring import NotTrained, ScoreResult, assign, score_prediction
@@ -33,7 +34,7 @@ from propel.predictions.training import (
     train_prediction,
 )
 
-__all__ = ["NotEnoughData", "NotFound", "NotTrained", "SpecError", "backtest",
+__all__ = ["AlreadyRunning", "NotEnoughData", "NotFound", "NotTrained", "SpecError", "backtest",
            "create_prediction", "export_scores", "get", "schedules", "score",
            "score_prediction", "train", "train_prediction"]
 

@@ -50,7 +50,8 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
     try:
         return fn(*args, **kwargs)
-    except (preds.NotEnoughData, preds.NotTrained, NotFound, SpecError, ValueError) as exc:
+    except (preds.NotEnoughData, preds.NotTrained, preds.AlreadyRunning, NotFound, SpecError,
+            ValueError) as exc:
         _fail(exc)
 
 

@@ -26,6 +26,7 @@ from propel.ingest.records import EventRecord, IngestItem, key_hash
 from propel.ingest.service import store_items
 from propel.lake.reader import snapshot
 from propel.predictions import quality, registry
+from propel.predictions.exclusive import one_at_a_time
 from propel.predictions.features import compute_features, register_aliases
 from propel.predictions.registry import Prediction
 from propel.predictions.tables import predictions, scoring_runs, user_predictions
@@ -105,16 +106,17 @@ def score_prediction(propel: Propel, prediction: Prediction, *, as_of: datetime 
     if prediction.current_version is None:
         raise NotTrained(f"prediction {prediction.spec.name!r} has no model yet; train it first")
     as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
-    run_id = _start_run(propel, prediction, as_of)
-    try:
-        result = _score(propel, prediction, as_of, run_id)
-    except Exception as exc:
-        _finish_run(propel, run_id, outcome="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    _finish_run(propel, run_id, outcome="ok", rows=result.rows, changed=result.changed,
-                model_version=result.model_version,
-                summary=orjson.dumps({"groups": result.group_sizes,
-                                      "expected_rates": result.expected_rates}).decode())
+    with one_at_a_time(propel, prediction, "score"):
+        run_id = _start_run(propel, prediction, as_of)
+        try:
+            result = _score(propel, prediction, as_of, run_id)
+        except Exception as exc:
+            _finish_run(propel, run_id, outcome="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        _finish_run(propel, run_id, outcome="ok", rows=result.rows, changed=result.changed,
+                    model_version=result.model_version,
+                    summary=orjson.dumps({"groups": result.group_sizes,
+                                          "expected_rates": result.expected_rates}).decode())
     return result
 
 

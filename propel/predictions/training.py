@@ -40,6 +40,7 @@ from propel.lake.reader import snapshot
 from propel.predictions import quality, registry
 from propel.predictions.blend import KIND as BLEND
 from propel.predictions.blend import BlendModel, blend_members
+from propel.predictions.exclusive import one_at_a_time
 from propel.predictions.features import (
     FeatureSpec,
     choose_feature_spec,
@@ -224,8 +225,14 @@ def train_prediction(propel: Propel, prediction: Prediction, *, as_of: datetime 
                      seed: int = 7, progress: Callable[[str], None] | None = None
                      ) -> TrainResult:
     """Train, evaluate against the baselines and the current version, register, and
-    promote by the rule in docs/predictions.md."""
-    say = progress or (lambda _msg: None)
+    promote by the rule in docs/predictions.md. ``AlreadyRunning`` while another
+    training of the prediction runs."""
+    with one_at_a_time(propel, prediction, "train"):
+        return _train(propel, prediction, as_of, seed, progress or (lambda _msg: None))
+
+
+def _train(propel: Propel, prediction: Prediction, as_of: datetime | None, seed: int,
+           say: Callable[[str], None]) -> TrainResult:
     spec = prediction.spec
     end = start_of_day(as_of or datetime.now(UTC))
     started = time.perf_counter()

@@ -456,7 +456,10 @@ def train_and_score(propel: Propel, p: Prediction) -> tuple[int, bool]:
     result = preds.train_prediction(propel, p)
     fresh = registry.get_by_id(propel.db, p.id)
     if fresh.current_version is not None and (result.promoted or fresh.last_scored_at is None):
-        preds.score_prediction(propel, fresh)
+        try:
+            preds.score_prediction(propel, fresh)
+        except preds.AlreadyRunning:  # the next scoring picks up the new model
+            return result.version.version, False
         return result.version.version, True
     return result.version.version, False
 
@@ -469,6 +472,9 @@ async def train_now(request: Request, prediction_id: str,
         version, scored = await run_in_threadpool(train_and_score, propel_of(request), p)
     except (preds.NotEnoughData, registry.ArtifactError) as exc:
         return _detail(request, registry.get_by_id(propel_of(request).db, p.id), 422,
+                       train_error=f"Training did not start: {exc}.")
+    except preds.AlreadyRunning as exc:
+        return _detail(request, registry.get_by_id(propel_of(request).db, p.id), 409,
                        train_error=f"Training did not start: {exc}.")
     target = f"/predictions/{p.id}?trained={version}" + ("&scored=1" if scored else "")
     return RedirectResponse(target, status_code=303)
