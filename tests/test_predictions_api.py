@@ -172,9 +172,6 @@ def test_one_training_and_one_scoring_at_a_time(client, propel, tenant):
     with writer_lease(propel.db, name=f"prediction-score:{pid}"):
         busy = client.post(f"/api/v1/predictions/{pid}/score", headers=h, json=as_of)
         assert busy.status_code == 409 and "being scored" in busy.json()["error"]["message"]
-        # training is another kind: it does not wait for the scoring
-        assert client.post(f"/api/v1/predictions/{pid}/train", headers=h,
-                           json=as_of).status_code == 200
         assert client.get(f"/api/v1/predictions/{pid}", headers=h).json()[
             "scoring_runs"] == []
     assert client.post(f"/api/v1/predictions/{pid}/score", headers=h,
