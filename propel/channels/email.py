@@ -211,6 +211,17 @@ def _envelope_address(address: str) -> str:
     raise ValueError(f"{address!r} is not a mailbox (local-part@domain) SMTP can carry")
 
 
+async def _greet(smtp: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO if refused) unless connecting did: now, not at the first MAIL, so the
+    first message of a connection already knows the relay's extensions (SIZE, 8BITMIME,
+    SMTPUTF8)."""
+    if smtp.is_ehlo_or_helo_needed:
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await smtp.helo()
+
+
 class _Lane:
     """One SMTP connection and the conversation on it, one message at a time."""
 
@@ -340,13 +351,11 @@ class _Lane:
             local_hostname=cfg.local_hostname or cfg.domain,
         )
         await smtp.connect()
-        if smtp.is_ehlo_or_helo_needed:
-            # Now, not at the first MAIL: the first message of a connection must already
-            # know the relay's extensions (SIZE, 8BITMIME, SMTPUTF8).
-            try:
-                await smtp.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                await smtp.helo()
+        try:
+            await _greet(smtp)
+        except BaseException:
+            smtp.close()
+            raise
         self.connections += 1
         self._smtp = smtp
         return smtp
