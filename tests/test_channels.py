@@ -10,6 +10,7 @@ import time
 from email.message import EmailMessage
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from peers import Blackhole, Certificate, free_port
@@ -230,6 +231,21 @@ async def test_email_reconnects_when_the_server_hangs_up(smtp_peer: SmtpPeer) ->
     ids = [m.message_id for m in smtp_peer.received]
     assert sorted(ids) == sorted(f"<r{i:02d}@shop.test>" for i in range(25))  # once each
     assert smtp_peer.connections == 3
+
+
+async def test_email_relay_refusing_the_greeting_is_retryable_and_hung_up(
+        smtp_peer: SmtpPeer) -> None:
+    smtp_peer.refuse_greeting = True
+    channel = EmailChannel(email_config(smtp_peer))
+    outcomes = await channel.send([outbound(f"g{i}", f"u{i}@example.test") for i in range(3)])
+    assert [kind(o) for o in outcomes] == ["retryable"] * 3
+    assert "cannot connect" in (outcomes[0].error or "") and smtp_peer.received == []
+    for _ in range(50):  # the client closes the connection it could not use
+        if smtp_peer.disconnections == smtp_peer.connections:
+            break
+        await anyio.sleep(0.02)
+    assert smtp_peer.connections >= 1 and smtp_peer.disconnections == smtp_peer.connections
+    await channel.aclose()
 
 
 async def test_email_relay_down_answers_the_batch_retryable_at_once() -> None:

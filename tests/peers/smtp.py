@@ -85,6 +85,22 @@ class _CountingSMTP(SMTP):
         self._peer.connections += 1
         super().connection_made(transport)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._peer.disconnections += 1
+        super().connection_lost(exc)
+
+    async def smtp_EHLO(self, arg: str) -> None:  # noqa: N802
+        if self._peer.refuse_greeting:
+            await self.push("502 5.5.1 Not today")
+            return
+        await super().smtp_EHLO(arg)
+
+    async def smtp_HELO(self, arg: str) -> None:  # noqa: N802
+        if self._peer.refuse_greeting:
+            await self.push("502 5.5.1 Not today")
+            return
+        await super().smtp_HELO(arg)
+
 
 class _Controller(Controller):
     def __init__(self, peer: SmtpPeer, **kwargs: Any) -> None:
@@ -110,6 +126,8 @@ class SmtpPeer:
         self.data_reply: str | None = None
         self.drop_after: int | None = None
         self.connections = 0
+        self.disconnections = 0
+        self.refuse_greeting = False  # answer EHLO and HELO with 502
         self.auth_failures = 0
         self._ids = itertools.count(1)
         self._credentials = credentials
