@@ -82,11 +82,16 @@ class _CountingSMTP(SMTP):
         self._peer = peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._peer.connections += 1
+        # The controller's start-up probe connects before counting begins; its hang-up
+        # may come later, so each connection remembers whether it counts.
+        self._counted = self._peer.counting
+        if self._counted:
+            self._peer.connections += 1
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._peer.disconnections += 1
+        if self._counted:
+            self._peer.disconnections += 1
         super().connection_lost(exc)
 
     async def smtp_EHLO(self, arg: str) -> None:  # noqa: N802
@@ -127,6 +132,7 @@ class SmtpPeer:
         self.drop_after: int | None = None
         self.connections = 0
         self.disconnections = 0
+        self.counting = False
         self.refuse_greeting = False  # answer EHLO and HELO with 502
         self.auth_failures = 0
         self._ids = itertools.count(1)
@@ -168,7 +174,7 @@ class SmtpPeer:
 
     def start(self) -> SmtpPeer:
         self._controller.start()
-        self.connections = 0  # the controller's own start-up probe is not a client
+        self.counting = True  # the controller's own start-up probe is not a client
         return self
 
     def stop(self) -> None:
