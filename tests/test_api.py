@@ -91,6 +91,21 @@ def test_profiles_upsert_and_user_read(client, tenant):
     assert user["events"][0]["properties"] == {"amount": 9.5}
 
 
+def test_profile_email_is_a_mailbox_smtp_can_carry(client, tenant):
+    good = ["ada.lovelace+news@example.com", '"ada lovelace"@example.com', "bob@mail.example.co.uk"]
+    bad = ['a"b@example.com', "x<y@example.com", "ada@example.com>", "ada @example.com",
+           "ada@example", "@example.com", "ada@@example.com", "a\x00b@example.com"]
+    profiles = [{"identity": f"m{i}", "email": e} for i, e in enumerate(good + bad)]
+    body = client.post("/api/v1/profiles", headers=tenant.bearer,
+                       json={"profiles": profiles}).json()
+    assert body["accepted"] == len(good)
+    assert sorted(r["index"] for r in body["rejected"]) == list(range(len(good), len(profiles)))
+    assert {(r["field"], r["reason"].split(" (")[0]) for r in body["rejected"]} == {
+        ("email", "is not an e-mail address")}
+    quoted = client.get("/api/v1/users/m1", headers=tenant.bearer).json()["profile"]
+    assert quoted["email"] == '"ada lovelace"@example.com'
+
+
 def test_profile_changes_are_recorded_in_the_lake(client, propel, tenant):
     for plan in ("free", "pro", "pro"):
         client.post("/api/v1/profiles", headers=tenant.bearer,

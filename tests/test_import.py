@@ -490,7 +490,8 @@ def test_profiles_import_with_typed_fields_and_rejections(propel, tenant, tmp_pa
     for missing in ("p2", "p3", "p4"):
         assert get_profile(propel.db, tenant.id, missing) is None
     got = {int(r["row"]): r["reason"] for r in read_rejects(rejects)}
-    assert got == {2: "email: is not an e-mail address",
+    assert got == {2: "email: is not an e-mail address (local-part@domain, without spaces, "
+                      "angle brackets or stray quotes)",
                    3: "phone: must be an E.164 number such as +14155550123",
                    4: "timezone: must be an IANA time zone such as Europe/Paris",
                    5: "identity: is required"}

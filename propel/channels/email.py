@@ -38,6 +38,7 @@ import aiosmtplib
 from propel.channels.base import ChannelError, Outbound, Outcome
 from propel.channels.html_text import html_to_text
 from propel.channels.mime import message_bytes
+from propel.mailbox import MAILBOX
 
 SECURITY = ("starttls", "tls", "none")
 _DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
@@ -193,20 +194,12 @@ def _bare_address(value: str) -> str:
     return parseaddr(value)[1]
 
 
-# A mailbox SMTP can carry as it is: nothing that could end the address on the command
-# line or start another command (whitespace, controls, angle brackets, stray quotes);
-# a local part may be a quoted string ("john doe"@shop.example).
-_PLAIN = r'[^\s\x00-\x1f\x7f<>"@]+'
-_QUOTED = r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"'
-_MAILBOX = re.compile(f"(?:{_PLAIN}|{_QUOTED})@{_PLAIN}")
-
-
 def _envelope_address(address: str) -> str:
     """``<address>`` for MAIL FROM and RCPT TO; ``ValueError`` for anything else. Not
     the lenient parse of ``email.utils.parseaddr`` (aiosmtplib's): that turns
     ``a"b@shop.example`` into ``a`` and ``x<y@shop.example`` into ``y@shop.example``,
     another recipient than the profile names."""
-    if _MAILBOX.fullmatch(address):
+    if MAILBOX.fullmatch(address):
         return f"<{address}>"
     raise ValueError(f"{address!r} is not a mailbox (local-part@domain) SMTP can carry")
 

@@ -26,10 +26,10 @@ from propel.ingest.records import (
     check_identity,
     check_properties,
 )
+from propel.mailbox import is_profile_mailbox
 from propel.profiles.tables import identity_alias_history, identity_aliases, profiles
 
 CHANNELS = ("email", "sms", "push", "whatsapp", "inbox", "webhook")
-_EMAIL = re.compile(r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 PROFILE_CHANGE = "$profile"
 
@@ -72,8 +72,9 @@ def _known_timezone(name: str) -> bool:
 
 
 def check_email(value: Any, field: str = "email") -> str:
-    if not isinstance(value, str) or not _EMAIL.match(value.strip()) or len(value) > 320:
-        raise Invalid(field, "is not an e-mail address")
+    if not isinstance(value, str) or not is_profile_mailbox(value.strip()):
+        raise Invalid(field, "is not an e-mail address (local-part@domain, without spaces, "
+                             "angle brackets or stray quotes)")
     return value.strip().lower()
 
 
