@@ -49,6 +49,18 @@ def insert_many(conn: Connection, table: str, columns: tuple[str, ...],
         conn.exec_driver_sql(sql, list(rows))
 
 
+def upsert_many(conn: Connection, table: str, columns: tuple[str, ...], key: tuple[str, ...],
+                rows: Sequence[tuple]) -> None:
+    """INSERT … ON CONFLICT (``key``) DO UPDATE: each row replaces the one with its key."""
+    if rows:
+        mark = _mark(conn)
+        changed = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+               f"({', '.join([mark] * len(columns))}) "
+               f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {changed}")
+        conn.exec_driver_sql(sql, list(rows))
+
+
 def db_time(conn: Connection, value: Any) -> Any:
     """A UTC datetime as the driver should bind it in raw SQL: SQLite stores the text
     form SQLAlchemy's DateTime reads back; PostgreSQL takes the datetime itself."""

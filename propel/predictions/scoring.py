@@ -20,7 +20,7 @@ from deltalake import write_deltalake
 from sqlalchemy import Connection, delete, insert, select, update
 
 from propel.core import Propel
-from propel.db.bulk import db_time, insert_many
+from propel.db.bulk import db_time, upsert_many
 from propel.db.meta import utcnow
 from propel.ingest.records import EventRecord, IngestItem, key_hash
 from propel.ingest.service import store_items
@@ -136,11 +136,9 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
     groups = assign(prediction, raw, prob, frame.index)
     scores = np.round(prob * 100, 1)
     now = utcnow()
-    rows = [(prediction.id, ident, prediction.account_id, float(p), float(s), g,
-             version.version, now, r)
-            for ident, p, s, g, r in zip(frame.index, prob, scores, groups, reasons,
-                                         strict=True)]
-    changes = _replace_scores(propel, prediction, rows, as_of, now)
+    rows = list(zip(frame.index, prob.tolist(), scores.tolist(), groups.tolist(), reasons,
+                    strict=True))
+    changes = _replace_scores(propel, prediction, rows, version.version, as_of, now)
     _append_history(propel, prediction, frame.index, prob, scores, groups, version.version,
                     as_of, now)
     sizes = {g: int((groups == g).sum()) for g in GROUPS}
@@ -150,18 +148,21 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
     return ScoreResult(run_id, len(rows), len(changes), sizes, rates, version.version, as_of)
 
 
-def _replace_scores(propel: Propel, prediction: Prediction, rows: list[tuple],
+def _replace_scores(propel: Propel, prediction: Prediction, rows: list[tuple], version: int,
                     as_of: datetime, now: datetime) -> list[tuple[str, str, str]]:
-    """Replace the current scores in batches, each batch's scores and its ``Likelihood
-    Changed`` events in one transaction: a crash can lose neither alone, and no single
-    write holds the one SQLite writer for long. A re-run after a crash emits no change
-    twice (the scores already written compare equal). Users no longer in the audience
-    (rows older than this run's stamp) go last."""
+    """Replace the current scores in batches of (identity, probability, score, group,
+    reasons), each batch's scores and its ``Likelihood Changed`` events in one
+    transaction: a crash can lose neither alone, and no single write holds the one SQLite
+    writer for long. The groups before the run are read once (only this run writes the
+    prediction's scores: see ``one_at_a_time``); a re-run after a crash emits no change
+    twice, since the scores already written compare equal. Users no longer in the
+    audience (rows older than this run's stamp) go last."""
+    before = _current_groups(propel, prediction.id)
     changes: list[tuple[str, str, str]] = []
     for start in range(0, len(rows), SCORE_BATCH):
         part = rows[start : start + SCORE_BATCH]
-        changes += propel.db.write(
-            lambda conn, part=part: _upsert_scores(conn, prediction, part, as_of))
+        changes += propel.db.write(lambda conn, part=part: _upsert_scores(
+            conn, prediction, part, version, now, before, as_of))
 
     def _finish(conn: Connection) -> None:
         conn.execute(delete(user_predictions).where(
@@ -174,20 +175,22 @@ def _replace_scores(propel: Propel, prediction: Prediction, rows: list[tuple],
     return changes
 
 
-def _upsert_scores(conn: Connection, prediction: Prediction, rows: list[tuple],
-                   as_of: datetime) -> list[tuple[str, str, str]]:
-    identities = [r[1] for r in rows]
-    where = (user_predictions.c.prediction_id == prediction.id,
-             user_predictions.c.identity.in_(identities))
-    before = dict(conn.execute(select(user_predictions.c.identity, user_predictions.c.grp)
-                               .where(*where)).all())
-    conn.execute(delete(user_predictions).where(*where))
-    if conn.dialect.name == "sqlite":
-        # raw driver SQL: bind the text the column type stores
-        rows = [(*r[:7], db_time(conn, r[7]), r[8]) for r in rows]
-    insert_many(conn, "user_predictions", _COLUMNS, rows)
-    changes = [(r[1], before[r[1]], r[5]) for r in rows
-               if r[1] in before and before[r[1]] != r[5]]
+def _current_groups(propel: Propel, prediction_id: str) -> dict[str, str]:
+    with propel.db.read() as conn:
+        return dict(conn.execute(select(user_predictions.c.identity, user_predictions.c.grp)
+                                 .where(user_predictions.c.prediction_id == prediction_id)).all())
+
+
+def _upsert_scores(conn: Connection, prediction: Prediction, rows: list[tuple], version: int,
+                   now: datetime, before: dict[str, str], as_of: datetime
+                   ) -> list[tuple[str, str, str]]:
+    stamp = db_time(conn, now)  # raw driver SQL: bind what the column type stores
+    pid, account = prediction.id, prediction.account_id
+    upsert_many(conn, "user_predictions", _COLUMNS, ("prediction_id", "identity"),
+                [(pid, ident, account, p, s, g, version, stamp, r)
+                 for ident, p, s, g, r in rows])
+    changes = [(ident, before[ident], g) for ident, _, _, g, _ in rows
+               if before.get(ident, g) != g]
     items = _change_items(prediction, changes, as_of)
     if items:
         store_items(conn, prediction.account_id, items, [], "system")
