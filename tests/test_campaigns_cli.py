@@ -140,6 +140,29 @@ def test_create_list_show_send_stats_stop(cli, propel, shop, tmp_path):
     assert count_rows(propel, messages, campaign_id=second) == 0
 
 
+def test_send_delivers_its_own_campaign_only(cli, propel, shop):
+    """Another campaign's queued messages are the server's to deliver: ``send`` waits for
+    its own run, not for everything due."""
+    from propel.campaigns.dispatch import dispatch_campaign
+    from propel.campaigns.service import publish
+
+    registry.set_config(propel.db, shop.id, "inbox", {})
+    first = created_id(cli("campaigns", "create", json.dumps(INBOX))[1])
+    other = created_id(cli("campaigns", "create", json.dumps({**INBOX, "name": "Other"}))[1])
+    publish(propel, shop.id, other)
+    assert dispatch_campaign(propel, shop.id, other) is not None
+    queued = count_rows(propel, messages, campaign_id=other, state="queued")
+    assert queued > 0
+
+    code, out, err = cli("campaigns", "send", first)
+    assert code == 0, err
+    held = {uid(i) for i in range(N) if in_holdout(first, uid(i), 0.25)}
+    assert re.search(rf"dispatch \d+: {N - len(held)} messages handled", out), out
+    assert count_rows(propel, inbox_messages, campaign_id=first) == N - len(held)
+    assert count_rows(propel, messages, campaign_id=other, state="queued") == queued
+    assert count_rows(propel, inbox_messages, campaign_id=other) == 0
+
+
 def test_campaign_errors_are_clear(cli, propel, shop, other_tenant, tmp_path):
     bad_json = [("{name", "campaign is not valid JSON"),
                 (f"@{tmp_path / 'missing.json'}", "No such file"),

@@ -134,7 +134,9 @@ def send(campaign_id: str, account: AccountOpt = None,
             console.print(f"nothing due now (next run {c.next_run_at})")
             return
         if wait:
-            total = run_event_loop(DeliveryEngine(propel).drain(), propel.settings)
+            # this campaign only: others due now are the server's to deliver
+            engine = DeliveryEngine(propel, campaign_id=campaign_id)
+            total = run_event_loop(engine.drain(), propel.settings)
             finish_dispatches(propel)
             console.print(f"dispatch {dispatch_id}: {total:,} messages handled")
         _print_stats(propel, campaign_id)

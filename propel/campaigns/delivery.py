@@ -207,9 +207,11 @@ def recover_expired(propel: Propel, now: datetime | None = None) -> dict[str, in
 
 class DeliveryEngine:
     def __init__(self, propel: Propel, *, batch_size: int = 500,
-                 lease_seconds: int | None = None, channel_factory: Any = None) -> None:
+                 lease_seconds: int | None = None, channel_factory: Any = None,
+                 campaign_id: str | None = None) -> None:
         self.propel = propel
         self.batch_size = batch_size
+        self.campaign_id = campaign_id  # deliver this campaign's messages only
         self.lease = timedelta(seconds=lease_seconds or propel.settings.delivery_lease_seconds)
         self.rate = RateLimiter()
         self._channels: dict[tuple[str, str], Channel] = {}
@@ -251,6 +253,8 @@ class DeliveryEngine:
             messages.c.state.in_(("queued", "pending_retry")),
             or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now),
         ).order_by(messages.c.id).limit(self.batch_size)
+        if self.campaign_id is not None:
+            due = due.where(messages.c.campaign_id == self.campaign_id)
         if conn.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True, of=messages)
         rows = conn.execute(due).all()
