@@ -22,6 +22,7 @@ from propel.channels import registry
 from propel.channels.base import ChannelError
 from propel.channels.sealing import PREFIX, Sealer, Unreadable
 from propel.core import Propel
+from propel.db.engine import Database
 from propel.db.meta import utcnow
 
 PASSWORD = "smtp-password-7d1f9a"
@@ -144,6 +145,21 @@ def test_a_plain_text_row_from_before_sealing_loads_and_is_sealed_on_save(
     registry.set_config(propel.db, tenant.id, "email",
                         email_settings(password=registry.MASK))
     assert PASSWORD not in raw_config(propel, tenant.id, "email")
+    assert registry.get_config(propel.db, tenant.id, "email",
+                               reveal_secrets=True)["password"] == PASSWORD
+
+
+def test_a_database_opened_without_the_secret_key_refuses_secrets(propel: Propel,
+                                                                 tenant: Any) -> None:
+    registry.set_config(propel.db, tenant.id, "email", email_settings())
+    bare = Database(propel.db.url)  # not through Propel: no key, so no sealer
+    try:
+        with pytest.raises(RuntimeError, match="no sealer for channel secrets"):
+            registry.set_config(bare, tenant.id, "email", email_settings(password="other"))
+        with pytest.raises(RuntimeError, match="no sealer for channel secrets"):
+            registry.get_config(bare, tenant.id, "email", reveal_secrets=True)
+    finally:
+        bare.close()
     assert registry.get_config(propel.db, tenant.id, "email",
                                reveal_secrets=True)["password"] == PASSWORD
 
