@@ -27,6 +27,18 @@ def test_migrations_reach_head(propel):
     assert current(propel.db.engine) is not None
 
 
+def test_migrations_build_what_the_tables_declare(propel):
+    """Every table, column and index a folder declares is what the migrations made."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from propel.db.tables import metadata
+
+    with propel.db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
 def test_sqlite_runs_in_wal_with_configured_sync(tmp_path):
     from propel.settings import Settings
 

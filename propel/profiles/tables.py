@@ -26,6 +26,7 @@ identity_aliases = Table(
     Column("alias", String(256), primary_key=True),
     Column("identity", String(256), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_identity_aliases_identity", "account_id", "identity"),
 )
 
 # Every (re)pointing of an alias, never updated: identity_aliases holds only where each
