@@ -286,3 +286,25 @@ def test_a_branch_on_an_event_done_since_entry(propel, tenant):
     walked = paths(propel, j.id)
     assert {i for i, w in walked.items() if w[-1] == "y"} == {"u001"}  # after entry, > 20
     assert all(w[-1] == "n" for i, w in walked.items() if i != "u001") and len(walked) == 6
+
+
+def test_an_anonymous_id_merged_into_a_profile_walks_as_that_profile(propel, tenant):
+    """Events stay under the id they were sent with; a journey reads them as the
+    profile that id was merged into: the entry, and the branch on an event done since."""
+    account = tenant.id
+    add_users(propel, account, 3)
+    ingest_sync(propel.db, account, [IngestItem(key_hash(account, "merge-1"),
+                                                alias=("anon-7f3", "u001"))], [], "test")
+    spec = {"name": "Opened the app", "entry": {"type": "event", "event": "App Opened"},
+            "steps": [{"id": "w", "type": "wait", "duration": {"hours": 2}, "next": "b"},
+                      {"id": "b", "type": "branch", "yes": "y", "no": "n",
+                       "condition": {"event": "Added To Cart", "did": True}},
+                      {"id": "y", "type": "exit"}, {"id": "n", "type": "exit"}]}
+    j = journeys.create(propel, account, spec)
+    journeys.publish(propel, account, j.id, now=T0)
+    event(propel, account, "anon-7f3", "App Opened", T0 + timedelta(minutes=1))
+    event(propel, account, "u002", "App Opened", T0 + timedelta(minutes=1))
+    journeys.advance(propel, now=T0 + timedelta(minutes=2))
+    event(propel, account, "anon-7f3", "Added To Cart", T0 + timedelta(hours=1))
+    journeys.advance(propel, now=T0 + timedelta(hours=3))
+    assert paths(propel, j.id) == {"u001": ["w", "b", "y"], "u002": ["w", "b", "n"]}

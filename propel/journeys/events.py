@@ -8,6 +8,10 @@ Two questions are asked:
 Events are matched by name and property filters (``where``, the conditions of
 ``propel.predictions.spec``). An event whose own time is more than ``LATE_DAYS`` before
 the cursor is not looked at (it keeps the scan to recent lake partitions).
+
+Events stay under the id they were sent with; an anonymous id merged into a profile is
+resolved to that profile through ``identity_aliases`` as it points now, for the ids at
+hand only (an account's aliases can number millions).
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
 from propel.core import Propel
 from propel.lake.reader import snapshot
 from propel.predictions.features import condition_sql, lit
 from propel.predictions.spec import Condition
+from propel.profiles.tables import identity_aliases
 
 LATE_DAYS = 7
+_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,10 @@ def received_since(propel: Propel, account_id: str, matchers: list[Matcher], fro
                 f"WHERE kind = 'event'{m.sql()} AND event_date >= DATE '{_day(oldest)}' "
                 "AND received_at >= make_timestamptz(?) AND ts >= make_timestamptz(?) "
                 "ORDER BY ts, message_id", [from_us, oldest]).fetchall()]
-    return out
+    sent_as = sorted({r[0] for rows in out.values() for r in rows})
+    now_is = dict(_aliases(propel, account_id, "alias", sent_as))
+    return {key: [(now_is.get(who, who), ts, mid) for who, ts, mid in rows]
+            for key, rows in out.items()}
 
 
 def done_by(propel: Propel, account_id: str, identities: list[str], matchers: list[Matcher],
@@ -65,13 +76,31 @@ def done_by(propel: Propel, account_id: str, identities: list[str], matchers: li
     if not matchers or not identities:
         return out
     since = since - timedelta(seconds=1)
+    owner = {i: i for i in identities} | dict(_aliases(propel, account_id, "identity",
+                                                        identities))
     with snapshot(propel.db, propel.lake, account_id) as (con, _):
         for m in matchers:
             rows = con.execute(
                 "SELECT identity, epoch_us(ts) FROM events "
                 f"WHERE kind = 'event'{m.sql()} AND event_date >= DATE "
                 f"'{since.astimezone(UTC).date().isoformat()}' AND ts >= ? "
-                "AND identity IN (SELECT unnest(?))", [since, identities]).fetchall()
-            for identity, ts in rows:
-                out.setdefault(identity, {}).setdefault(m.key, []).append(ts)
+                "AND identity IN (SELECT unnest(?))", [since, list(owner)]).fetchall()
+            for sent_as, ts in rows:
+                out.setdefault(owner[sent_as], {}).setdefault(m.key, []).append(ts)
     return out
+
+
+def _aliases(propel: Propel, account_id: str, by: str, values: list[str]
+             ) -> list[tuple[str, str]]:
+    """(alias, identity it points to now) for aliases whose ``by`` ("alias" or
+    "identity") is one of ``values``."""
+    found: list[tuple[str, str]] = []
+    if not values:
+        return found
+    with propel.db.read() as conn:
+        for start in range(0, len(values), _CHUNK):
+            found += conn.execute(select(identity_aliases.c.alias, identity_aliases.c.identity)
+                                  .where(identity_aliases.c.account_id == account_id,
+                                         identity_aliases.c[by].in_(values[start:start + _CHUNK]))
+                                  ).all()
+    return [(alias, identity) for alias, identity in found]
