@@ -212,6 +212,37 @@ def test_daily_cap_holds_under_concurrent_workers(propel, tenant):
     assert capped == 40 * 2
 
 
+def test_send_rate_is_one_bucket_for_every_worker(propel, tenant):
+    """Three engines (as in three processes) draw from one bucket: a full bucket is a
+    second's worth, then it refills at the rate."""
+    add_users(propel, tenant.id, 100)
+    c = make_campaign(propel, tenant.id, holdout_pct=0, rate_per_second=20)
+    service.publish(propel, tenant.id, c.id)
+    dispatch_campaign(propel, tenant.id, c.id)
+    channel = Recorder()
+    engines = [DeliveryEngine(propel, batch_size=50, channel_factory=lambda a, n: channel)
+               for _ in range(3)]
+    t0 = datetime.now(UTC) + timedelta(seconds=1)
+
+    async def one_round(at):
+        return sum([await engine.run_once(at) for engine in engines])
+
+    moved = [asyncio.run(one_round(t0 + timedelta(seconds=s))) for s in (0, 0, 0.5, 10)]
+    assert moved == [20, 0, 10, 20]
+    assert len(channel.sent) == 50 and states(propel, c.id) == {"sent": 50, "queued": 50}
+
+
+def test_drain_waits_for_what_a_send_rate_holds_back(propel, tenant):
+    add_users(propel, tenant.id, 60)
+    c = make_campaign(propel, tenant.id, holdout_pct=0, rate_per_second=25)
+    service.publish(propel, tenant.id, c.id)
+    dispatch_campaign(propel, tenant.id, c.id)
+    channel = Recorder()
+    engine = DeliveryEngine(propel, channel_factory=lambda a, n: channel)
+    assert asyncio.run(engine.drain()) == 60
+    assert len(channel.sent) == 60 and states(propel, c.id) == {"sent": 60}
+
+
 def test_daily_cap_counts_every_message_of_a_user_in_one_batch(propel, tenant):
     """Caps are taken for a whole batch at once: a user with three messages in the
     batch must still get only as many as the cap allows."""

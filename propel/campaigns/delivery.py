@@ -26,7 +26,7 @@ from sqlalchemy import Connection, bindparam, func, or_, select, update
 
 from propel import faults
 from propel.campaigns.service import Campaign, _from_row
-from propel.campaigns.tables import campaigns, messages, send_counts
+from propel.campaigns.tables import campaigns, messages, send_counts, send_rates
 from propel.channels.base import Channel, Outbound, Outcome
 from propel.core import Propel
 from propel.db.meta import upsert_insert, utcnow
@@ -162,25 +162,33 @@ def capped(conn: Connection, pending: list[tuple[Any, Campaign]], now: datetime)
     return out
 
 
+RATE_WAIT_SECONDS = 0.1  # how often a draining command looks at a spent send rate again
+
+
 class RateLimiter:
-    """Per-campaign send rate, as a token bucket (per worker process)."""
+    """Per-campaign send rate, as a token bucket in ``send_rates``, read and spent inside
+    the claim's transaction: every delivery process and pipeline draws from the one
+    bucket (on PostgreSQL its row stays locked until the claim commits). A full bucket
+    holds one second's worth."""
 
-    def __init__(self) -> None:
-        self._state: dict[str, tuple[float, datetime]] = {}
-
-    def allowance(self, campaign: Campaign, now: datetime) -> int | None:
+    def tokens(self, conn: Connection, campaign: Campaign, now: datetime) -> float | None:
         rate = campaign.rate_per_second
         if not rate:
             return None
-        tokens, last = self._state.get(campaign.id, (rate, now))
-        tokens = min(rate, tokens + (now - last).total_seconds() * rate)
-        self._state[campaign.id] = (tokens, now)
-        return int(tokens)
+        conn.execute(upsert_insert(conn.dialect.name, send_rates).values(
+            campaign_id=campaign.id, tokens=float(rate), updated_at=now)
+            .on_conflict_do_nothing(index_elements=["campaign_id"]))
+        query = select(send_rates.c.tokens, send_rates.c.updated_at).where(
+            send_rates.c.campaign_id == campaign.id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        held, since = conn.execute(query).one()
+        return min(rate, held + max(0.0, (now - since).total_seconds()) * rate)
 
-    def spend(self, campaign: Campaign, n: int, now: datetime) -> None:
-        if campaign.rate_per_second:
-            tokens, _ = self._state.get(campaign.id, (0.0, now))
-            self._state[campaign.id] = (tokens - n, now)
+    def spend(self, conn: Connection, campaign: Campaign, tokens: float, n: int,
+              now: datetime) -> None:
+        conn.execute(update(send_rates).where(send_rates.c.campaign_id == campaign.id)
+                     .values(tokens=tokens - n, updated_at=now))
 
 
 def recover_expired(propel: Propel, now: datetime | None = None) -> dict[str, int]:
@@ -216,8 +224,8 @@ class DeliveryEngine:
         self.rate = RateLimiter()
         self._channels: dict[tuple[str, str], Channel] = {}
         self._factory = channel_factory
-        # Claims within one engine take turns (the rate limiter's state is shared);
-        # sends and records of different batches overlap.
+        # One claim at a time per engine (a claim is short); the pipelines overlap one
+        # batch's send with the next one's claim and the last one's record.
         self._claiming = threading.Lock()
 
     def _channel(self, account_id: str, name: str) -> Channel:
@@ -247,14 +255,19 @@ class DeliveryEngine:
         with self._claiming:
             return self.propel.db.write(lambda conn: self._claim(conn, now))
 
-    def _claim(self, conn: Connection, now: datetime) -> tuple[list[Claimed], int]:
-        due = select(messages.c.id, messages.c.key, messages.c.identity, messages.c.variant,
-                     messages.c.attempts, messages.c.campaign_id, messages.c.account_id).where(
+    def _due(self, now: datetime, *columns: Any) -> Any:
+        """Messages of this engine's scope that may be sent at ``now``."""
+        query = select(*columns).where(
             messages.c.state.in_(("queued", "pending_retry")),
-            or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now),
-        ).order_by(messages.c.id).limit(self.batch_size)
+            or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now))
         if self.campaign_id is not None:
-            due = due.where(messages.c.campaign_id == self.campaign_id)
+            query = query.where(messages.c.campaign_id == self.campaign_id)
+        return query
+
+    def _claim(self, conn: Connection, now: datetime) -> tuple[list[Claimed], int]:
+        due = self._due(now, messages.c.id, messages.c.key, messages.c.identity,
+                        messages.c.variant, messages.c.attempts, messages.c.campaign_id,
+                        messages.c.account_id).order_by(messages.c.id).limit(self.batch_size)
         if conn.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True, of=messages)
         rows = conn.execute(due).all()
@@ -264,7 +277,8 @@ class DeliveryEngine:
             campaigns.c.id.in_({r.campaign_id for r in rows}))).all()
         camps = {r.id: _from_row(r) for r in camp_rows}
         profs = self._profiles(conn, rows)
-        budget = {cid: self.rate.allowance(c, now) for cid, c in camps.items()}
+        tokens = {cid: self.rate.tokens(conn, c, now) for cid, c in camps.items()}
+        budget = {cid: None if t is None else int(t) for cid, t in tokens.items()}
         decided: list[tuple[int, dict[str, Any]]] = []
         pending: list[tuple[Any, Campaign]] = []
         for r in rows:
@@ -287,7 +301,8 @@ class DeliveryEngine:
                          .values(state="sending", attempts=messages.c.attempts + 1,
                                  claim_until=now + self.lease))
         for cid, n in _count_by(claimed).items():
-            self.rate.spend(camps[cid], n, now)
+            if tokens[cid] is not None:
+                self.rate.spend(conn, camps[cid], tokens[cid], n, now)
         return claimed, len(decided)
 
     @staticmethod
@@ -362,11 +377,21 @@ class DeliveryEngine:
 
     async def drain(self, now: datetime | None = None) -> int:
         """Handle batches until nothing is due, then close the channels; returns how many
-        messages moved. For commands and tests; the server runs ``DeliveryThread``."""
+        messages moved. On the real clock (no ``now``), messages a send rate holds back
+        are waited for. For commands and tests; the server runs ``DeliveryThread``."""
         try:
-            return await self.run_batches(now)
+            total = await self.run_batches(now)
+            while now is None and await asyncio.to_thread(self._held_back):
+                await asyncio.sleep(RATE_WAIT_SECONDS)
+                total += await self.run_batches()
+            return total
         finally:
             await self.aclose()
+
+    def _held_back(self) -> bool:
+        """Due messages left after a pass that claimed all it could: a send rate's."""
+        with self.propel.db.read() as conn:
+            return conn.execute(self._due(utcnow(), messages.c.id).limit(1)).first() is not None
 
     async def _send_group(self, account_id: str, channel_name: str, batch: list[Claimed],
                           now: datetime) -> None:

@@ -94,6 +94,16 @@ send_counts = Table(
     Column("sends", Integer, nullable=False),
 )
 
+# A campaign's send rate as a token bucket, read and spent in the transaction that
+# hands messages to a worker, so every delivery process draws from the same bucket.
+send_rates = Table(
+    "send_rates",
+    metadata,
+    Column("campaign_id", String(32), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
 inbox_messages = Table(
     "inbox_messages",
     metadata,
