@@ -4,8 +4,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-# Test processes (pytest-xdist); a module's tests, and all the browser tests, share one.
-PYTEST_WORKERS ?= 2
 STAMP = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo test lint serve bench clean
@@ -25,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP) tests/node/node_modules/.package-lock.json
 	$(BIN)/ruff check propel tests benchmarks
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check propel tests benchmarks

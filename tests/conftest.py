@@ -26,22 +26,8 @@ from propel.settings import Settings
 
 pytest_plugins = ["peers.fixtures", "web_fixtures"]
 
-# Terminal output is wrapped at the console width: wide enough that a long temporary
-# path in a message stays on one line, whichever worker runs the test.
-os.environ.setdefault("COLUMNS", "200")
 PG_URL = os.environ.get("PROPEL_TEST_POSTGRES_URL")
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For ``--dist loadgroup`` (pytest-xdist): a module's tests run on one worker, so
-    its module fixtures are built once, and so do all the browser tests, which share
-    one demo server. Runs before xdist reads the groups."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = "browser" if item.path.parent.name == "browser" else item.path.stem
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(params=DATABASES)
