@@ -697,3 +697,24 @@ def test_specs_round_trip_through_the_registry(world: World) -> None:
         assert preds.get(world.propel, world.account_id, spec.name).id == created.id
     with pytest.raises(SpecError, match="already exists"):
         registry.create(world.propel.db, world.account_id, spec)
+
+
+def test_reasons_are_the_largest_contributions_as_json() -> None:
+    class Model:
+        def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+            return frame
+
+    frame = pd.DataFrame({"days_since_last": [-0.5, 0.0, np.nan],
+                          'n "quoted"': [0.25, 0.0, 2.0],
+                          "tenure_days": [0.123456, 0.0, -3.0],
+                          "share_night": [0.0, 0.0, 0.5]}, dtype=np.float32)
+    got = [orjson.loads(text) for text in scoring._reasons_json(Model(), frame)]
+    assert got[0] == [{"feature": "days_since_last", "contribution": -0.5},
+                      {"feature": 'n "quoted"', "contribution": 0.25},
+                      {"feature": "tenure_days", "contribution": 0.1235}]
+    assert [r["contribution"] for r in got[1]] == [0.0, 0.0, 0.0]
+    # a missing contribution counts as none
+    assert [r["feature"] for r in got[2]] == ["tenure_days", 'n "quoted"', "share_night"]
+    one = pd.DataFrame({"bgnbd_expected": [0.75]})
+    assert [orjson.loads(t) for t in scoring._reasons_json(Model(), one)] == [
+        [{"feature": "bgnbd_expected", "contribution": 0.75}]]

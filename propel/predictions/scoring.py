@@ -80,14 +80,20 @@ def oriented(raw: np.ndarray, prob: np.ndarray) -> np.ndarray:
 
 
 def _reasons_json(model: Any, frame: pd.DataFrame, top: int = 3) -> list[str]:
+    """Each user's ``top`` contributions, largest first, as JSON text. Formatted with one
+    template per row rather than a dict per reason: a million users' reasons took
+    longer to serialise than to compute."""
     contrib = model.contributions(frame)
-    names = np.asarray(contrib.columns)
-    matrix = contrib.to_numpy()
+    matrix = np.nan_to_num(contrib.to_numpy())
     order = np.argsort(-np.abs(matrix), axis=1)[:, :top]
-    picked = np.take_along_axis(matrix, order, axis=1)
-    return [orjson.dumps([{"feature": names[j], "contribution": round(float(c), 4)}
-                          for j, c in zip(row, vals, strict=True)]).decode()
-            for row, vals in zip(order, picked, strict=True)]
+    width = order.shape[1]
+    template = "[" + ",".join(['{"feature":%s,"contribution":%r}'] * width) + "]"
+    names = np.array([orjson.dumps(str(c)).decode() for c in contrib.columns], dtype=object)
+    args = np.empty((len(matrix), 2 * width), dtype=object)
+    args[:, 0::2] = names[order]
+    # an object array takes float64 values as Python floats, which %r writes as JSON does
+    args[:, 1::2] = np.round(np.take_along_axis(matrix, order, axis=1).astype(np.float64), 4)
+    return [template % tuple(row) for row in args.tolist()]
 
 
 def _start_run(propel: Propel, prediction: Prediction, as_of: datetime) -> int:
