@@ -50,14 +50,15 @@ def insert_many(conn: Connection, table: str, columns: tuple[str, ...],
 
 
 def upsert_many(conn: Connection, table: str, columns: tuple[str, ...], key: tuple[str, ...],
-                rows: Sequence[tuple]) -> None:
-    """INSERT … ON CONFLICT (``key``) DO UPDATE: each row replaces the one with its key."""
+                rows: Sequence[tuple], changing: tuple[str, ...]) -> None:
+    """INSERT … ON CONFLICT (``key``) DO UPDATE of the ``changing`` columns only: an
+    index over a column left out of the update is not touched."""
     if rows:
         mark = _mark(conn)
-        changed = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        sets = ", ".join(f"{c} = excluded.{c}" for c in changing)
         sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                f"({', '.join([mark] * len(columns))}) "
-               f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {changed}")
+               f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
         conn.exec_driver_sql(sql, list(rows))
 
 

@@ -194,7 +194,7 @@ def _upsert_scores(conn: Connection, prediction: Prediction, rows: list[tuple], 
     pid, account = prediction.id, prediction.account_id
     upsert_many(conn, "user_predictions", _COLUMNS, ("prediction_id", "identity"),
                 [(pid, ident, account, p, s, g, version, stamp, r)
-                 for ident, p, s, g, r in rows])
+                 for ident, p, s, g, r in rows], _COLUMNS[3:])
     changes = [(ident, before[ident], g) for ident, _, _, g, _ in rows
                if before.get(ident, g) != g]
     items = _change_items(prediction, changes, as_of)
