@@ -165,30 +165,28 @@ def capped(conn: Connection, pending: list[tuple[Any, Campaign]], now: datetime)
 RATE_WAIT_SECONDS = 0.1  # how often a draining command looks at a spent send rate again
 
 
-class RateLimiter:
-    """Per-campaign send rate, as a token bucket in ``send_rates``, read and spent inside
-    the claim's transaction: every delivery process and pipeline draws from the one
-    bucket (on PostgreSQL its row stays locked until the claim commits). A full bucket
-    holds one second's worth."""
+def rate_tokens(conn: Connection, campaign: Campaign, now: datetime) -> float | None:
+    """The campaign's send-rate tokens at ``now`` (None: no rate), from its bucket in
+    ``send_rates``, read inside the claim's transaction so that every delivery process
+    and pipeline draws from the one bucket (on PostgreSQL the row stays locked until the
+    claim commits). A full bucket holds one second's worth."""
+    rate = campaign.rate_per_second
+    if not rate:
+        return None
+    conn.execute(upsert_insert(conn.dialect.name, send_rates).values(
+        campaign_id=campaign.id, tokens=float(rate), updated_at=now)
+        .on_conflict_do_nothing(index_elements=["campaign_id"]))
+    query = select(send_rates.c.tokens, send_rates.c.updated_at).where(
+        send_rates.c.campaign_id == campaign.id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    held, since = conn.execute(query).one()
+    return min(rate, held + max(0.0, (now - since).total_seconds()) * rate)
 
-    def tokens(self, conn: Connection, campaign: Campaign, now: datetime) -> float | None:
-        rate = campaign.rate_per_second
-        if not rate:
-            return None
-        conn.execute(upsert_insert(conn.dialect.name, send_rates).values(
-            campaign_id=campaign.id, tokens=float(rate), updated_at=now)
-            .on_conflict_do_nothing(index_elements=["campaign_id"]))
-        query = select(send_rates.c.tokens, send_rates.c.updated_at).where(
-            send_rates.c.campaign_id == campaign.id)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        held, since = conn.execute(query).one()
-        return min(rate, held + max(0.0, (now - since).total_seconds()) * rate)
 
-    def spend(self, conn: Connection, campaign: Campaign, tokens: float, n: int,
-              now: datetime) -> None:
-        conn.execute(update(send_rates).where(send_rates.c.campaign_id == campaign.id)
-                     .values(tokens=tokens - n, updated_at=now))
+def spend_rate(conn: Connection, campaign_id: str, tokens: float, now: datetime) -> None:
+    conn.execute(update(send_rates).where(send_rates.c.campaign_id == campaign_id)
+                 .values(tokens=tokens, updated_at=now))
 
 
 def recover_expired(propel: Propel, now: datetime | None = None) -> dict[str, int]:
@@ -221,7 +219,6 @@ class DeliveryEngine:
         self.batch_size = batch_size
         self.campaign_id = campaign_id  # deliver this campaign's messages only
         self.lease = timedelta(seconds=lease_seconds or propel.settings.delivery_lease_seconds)
-        self.rate = RateLimiter()
         self._channels: dict[tuple[str, str], Channel] = {}
         self._factory = channel_factory
         # One claim at a time per engine (a claim is short); the pipelines overlap one
@@ -277,7 +274,7 @@ class DeliveryEngine:
             campaigns.c.id.in_({r.campaign_id for r in rows}))).all()
         camps = {r.id: _from_row(r) for r in camp_rows}
         profs = self._profiles(conn, rows)
-        tokens = {cid: self.rate.tokens(conn, c, now) for cid, c in camps.items()}
+        tokens = {cid: rate_tokens(conn, c, now) for cid, c in camps.items()}
         budget = {cid: None if t is None else int(t) for cid, t in tokens.items()}
         decided: list[tuple[int, dict[str, Any]]] = []
         pending: list[tuple[Any, Campaign]] = []
@@ -302,7 +299,7 @@ class DeliveryEngine:
                                  claim_until=now + self.lease))
         for cid, n in _count_by(claimed).items():
             if tokens[cid] is not None:
-                self.rate.spend(conn, camps[cid], tokens[cid], n, now)
+                spend_rate(conn, cid, tokens[cid] - n, now)
         return claimed, len(decided)
 
     @staticmethod
