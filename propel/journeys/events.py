@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-
 from propel.core import Propel
 from propel.lake.reader import snapshot
 from propel.predictions.features import condition_sql, lit
 from propel.predictions.spec import Condition
-from propel.profiles.tables import identity_aliases
+from propel.profiles import aliases_of_many, resolve_many
 
 LATE_DAYS = 7
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,8 @@ def received_since(propel: Propel, account_id: str, matchers: list[Matcher], fro
                 "AND received_at >= make_timestamptz(?) AND ts >= make_timestamptz(?) "
                 "ORDER BY ts, message_id", [from_us, oldest]).fetchall()]
     sent_as = sorted({r[0] for rows in out.values() for r in rows})
-    now_is = dict(_aliases(propel, account_id, "alias", sent_as))
+    with propel.db.read() as conn:
+        now_is = resolve_many(conn, account_id, sent_as)
     return {key: [(now_is.get(who, who), ts, mid) for who, ts, mid in rows]
             for key, rows in out.items()}
 
@@ -76,8 +74,8 @@ def done_by(propel: Propel, account_id: str, identities: list[str], matchers: li
     if not matchers or not identities:
         return out
     since = since - timedelta(seconds=1)
-    owner = {i: i for i in identities} | dict(_aliases(propel, account_id, "identity",
-                                                        identities))
+    with propel.db.read() as conn:
+        owner = {i: i for i in identities} | aliases_of_many(conn, account_id, identities)
     with snapshot(propel.db, propel.lake, account_id) as (con, _):
         for m in matchers:
             rows = con.execute(
@@ -89,18 +87,3 @@ def done_by(propel: Propel, account_id: str, identities: list[str], matchers: li
                 out.setdefault(owner[sent_as], {}).setdefault(m.key, []).append(ts)
     return out
 
-
-def _aliases(propel: Propel, account_id: str, by: str, values: list[str]
-             ) -> list[tuple[str, str]]:
-    """(alias, identity it points to now) for aliases whose ``by`` ("alias" or
-    "identity") is one of ``values``."""
-    found: list[tuple[str, str]] = []
-    if not values:
-        return found
-    with propel.db.read() as conn:
-        for start in range(0, len(values), _CHUNK):
-            found += conn.execute(select(identity_aliases.c.alias, identity_aliases.c.identity)
-                                  .where(identity_aliases.c.account_id == account_id,
-                                         identity_aliases.c[by].in_(values[start:start + _CHUNK]))
-                                  ).all()
-    return [(alias, identity) for alias, identity in found]

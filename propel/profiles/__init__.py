@@ -195,6 +195,29 @@ def resolve(conn: Connection, account_id: str, identity: str) -> str:
     return found or identity
 
 
+def resolve_many(conn: Connection, account_id: str, identities: list[str]) -> dict[str, str]:
+    """``resolve`` for many ids at once: alias -> the identity it points to now, for
+    those of ``identities`` that are aliases."""
+    return _alias_rows(conn, account_id, identity_aliases.c.alias, identities)
+
+
+def aliases_of_many(conn: Connection, account_id: str, identities: list[str]
+                    ) -> dict[str, str]:
+    """``aliases_of`` for many identities at once: alias -> identity it points to."""
+    return _alias_rows(conn, account_id, identity_aliases.c.identity, identities)
+
+
+def _alias_rows(conn: Connection, account_id: str, column: Any, values: list[str],
+                chunk: int = 500) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(values), chunk):
+        found.update(conn.execute(
+            select(identity_aliases.c.alias, identity_aliases.c.identity).where(
+                identity_aliases.c.account_id == account_id,
+                column.in_(values[start : start + chunk]))).all())
+    return found
+
+
 def merge_identities(conn: Connection, account_id: str, alias: str, identity: str, now_us: int
                      ) -> EventRecord | None:
     """``alias`` (an anonymous or previous id) now means ``identity``: record the alias,
