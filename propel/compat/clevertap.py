@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from propel import profiles
@@ -26,8 +25,6 @@ from propel.ingest.records import IngestItem, Invalid, Rejection
 from propel.ingest.service import ingest
 from propel.lake.events import identities_with_event, query_events
 from propel.predictions.properties import score_properties
-from propel.profiles.tables import identity_aliases
-from propel.profiles.tables import profiles as profile_rows
 from propel.signing import BadToken, sign, unsign
 
 router = APIRouter(prefix="/1", tags=["CleverTap-compatible"])
@@ -208,7 +205,7 @@ def _page(propel: Any, account_id: str, kind: str, state: dict, secret: str) -> 
     else:
         ids = identities_with_event(propel.db, propel.lake, account_id, q["event_name"],
                                     q["from"], q["to"], state["after"] or "", size)
-        found = _profiles_of(propel.db, account_id, ids)
+        found = profiles.get_profiles(propel.db, account_id, ids)
         scores = score_properties(propel.db, account_id, ids)
         records = [_profile_record(found[ident], scores.get(ident)) if ident in found
                    else _no_profile(ident)
@@ -224,32 +221,6 @@ def _no_profile(identity: str) -> dict[str, Any]:
     """An identity with events but no profile data yet: the same shape, empty."""
     return {"identity": identity, "objectId": identity, "email": None, "profileData": {},
             "push_tokens": [], "aliases": []}
-
-
-def _profiles_of(db: Any, account_id: str, identities: list[str]
-                 ) -> dict[str, profiles.Profile]:
-    """Profiles (with aliases) of already-resolved identities, a chunk per query
-    rather than one look-up per identity (a page holds up to 5000)."""
-    out: dict[str, profiles.Profile] = {}
-    with db.read() as conn:
-        for start in range(0, len(identities), 1000):
-            chunk = identities[start : start + 1000]
-            aliases: dict[str, list[str]] = {}
-            for alias, owner in conn.execute(
-                select(identity_aliases.c.alias, identity_aliases.c.identity).where(
-                    identity_aliases.c.account_id == account_id,
-                    identity_aliases.c.identity.in_(chunk)).order_by(identity_aliases.c.alias)
-            ):
-                aliases.setdefault(owner, []).append(alias)
-            for row in conn.execute(select(profile_rows).where(
-                    profile_rows.c.account_id == account_id, profile_rows.c.identity.in_(chunk))):
-                out[row.identity] = profiles.Profile(
-                    identity=row.identity, email=row.email, phone=row.phone,
-                    timezone=row.timezone, push_tokens=orjson.loads(row.push_tokens),
-                    consent=orjson.loads(row.consent), properties=orjson.loads(row.properties),
-                    created_at=row.created_at, updated_at=row.updated_at,
-                    aliases=tuple(aliases.get(row.identity, ())))
-    return out
 
 
 def _event_record(propel: Any, account_id: str, row: tuple) -> dict[str, Any]:

@@ -301,6 +301,24 @@ def get_profile(db: Database, account_id: str, identity: str) -> Profile | None:
         return _row_to_profile(row, aliases_of(conn, account_id, identity))
 
 
+def get_profiles(db: Database, account_id: str, identities: list[str]
+                 ) -> dict[str, Profile]:
+    """Profiles (with aliases) of already-resolved identities, by identity; a chunk
+    per query rather than one look-up per identity. Identities without a profile are
+    left out."""
+    found: dict[str, Profile] = {}
+    with db.read() as conn:
+        owners: dict[str, list[str]] = {}
+        for alias, owner in sorted(aliases_of_many(conn, account_id, identities).items()):
+            owners.setdefault(owner, []).append(alias)
+        for start in range(0, len(identities), 500):
+            for row in conn.execute(select(profiles).where(
+                    profiles.c.account_id == account_id,
+                    profiles.c.identity.in_(identities[start : start + 500]))):
+                found[row.identity] = _row_to_profile(row, tuple(owners.get(row.identity, ())))
+    return found
+
+
 def find_by_email(db: Database, account_id: str, email: str) -> Profile | None:
     with db.read() as conn:
         row = conn.execute(
