@@ -7,13 +7,19 @@ import html
 import json
 import re
 import secrets
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from propel import predictions as preds
 from propel.campaigns import service
 from propel.campaigns.stats import headline
+from propel.jobs import schedules
+from propel.jobs.tables import task_runs
 from propel.predictions import registry, scoring
+from propel.predictions.exclusive import one_at_a_time
 from propel.predictions.spec import from_template
 
 
@@ -188,6 +194,20 @@ def test_another_accounts_prediction_is_a_404_page(dashboard, shop):
 
 # -- Train now ----------------------------------------------------------------------------------
 
+def _train_page(client, location: str, seconds: float = 120) -> str:
+    """The page a "Train now" redirects to, once the run has ended: it reloads itself
+    (a meta refresh) while the run is still going."""
+    deadline = time.monotonic() + seconds
+    while True:
+        page = client.get(location)
+        assert page.status_code == 200
+        if 'http-equiv="refresh"' not in page.text:
+            return page.text
+        assert "is still running" in page.text and "Train now</button>" in page.text
+        assert time.monotonic() < deadline, "training did not finish"
+        time.sleep(0.5)
+
+
 def test_train_now_trains_scores_and_says_so(dashboard, shop):
     name = _unique("Train me")
     p = preds.create_prediction(shop.propel, shop.account_id, from_template("churn", name=name))
@@ -197,16 +217,43 @@ def test_train_now_trains_scores_and_says_so(dashboard, shop):
     response = client.post(f"/predictions/{p.id}/train", data={"csrf_token": token},
                            follow_redirects=False)
     assert response.status_code == 303
-    assert response.headers["location"] == f"/predictions/{p.id}?trained=1&scored=1"
+    location = response.headers["location"]
+    assert re.fullmatch(rf"/predictions/{p.id}\?training=\d+", location)
+    page = _train_page(client, location)
     after = registry.get_by_id(shop.propel.db, p.id)
     assert after.current_version == 1 and after.last_scored_at is not None
-    page = client.get(response.headers["location"])
-    assert "Trained version 1 (" in page.text and "Scores were updated" in page.text
-    assert "Not trained yet" not in page.text and 'id="metric-auc"' in page.text
+    assert "Trained version 1 (" in page and "Scores were updated" in page
+    assert "Not trained yet" not in page and 'id="metric-auc"' in page
     sizes = scoring.group_sizes(shop.propel, p.id)
-    assert f'<span class="metric">{sizes["High"]:,}</span>' in page.text
-    # the message comes from the stored version only
-    assert client.get(f"/predictions/{p.id}?trained=99").status_code == 200
+    assert f'<span class="metric">{sizes["High"]:,}</span>' in page
+    # the run belongs to this prediction: on another one's page it says nothing
+    other = client.get(location.replace(p.id, shop.prediction_id)).text
+    assert "Trained version" not in other
+    assert "Trained version" not in client.get(f"/predictions/{p.id}?training=999999").text
+
+
+def test_train_now_while_a_training_runs_and_after_its_process_died(dashboard, shop):
+    p = registry.get_by_id(shop.propel.db, shop.prediction_id)
+    client = dashboard.sign_in("marketer")
+    token = dashboard.csrf()
+    run_id = schedules.start_run(shop.propel.db, f"train-now:{p.id}", "predictions.train")
+    with one_at_a_time(shop.propel, p, "train"):  # another process's training
+        page = client.get(f"/predictions/{p.id}?training={run_id}").text
+        assert '<meta http-equiv="refresh" content="3">' in page
+        assert "is still running" in page and "Train now</button>" in page
+        assert re.search(r'<button type="submit"[^>]* disabled>Train now</button>', page)
+        busy = client.post(f"/predictions/{p.id}/train", data={"csrf_token": token})
+        assert busy.status_code == 409
+        assert "Training did not start:" in busy.text and "by another run" in busy.text
+    # The run's process ended without recording an outcome: once the run is older than
+    # a starting thread could be and no lease is held, the page says so.
+    page = client.get(f"/predictions/{p.id}?training={run_id}").text
+    assert "is still running" in page  # a young run may not have taken its lease yet
+    shop.propel.db.write(lambda conn: conn.execute(update(task_runs).where(
+        task_runs.c.id == run_id).values(started_at=datetime.now(UTC) - timedelta(minutes=5))))
+    page = client.get(f"/predictions/{p.id}?training={run_id}").text
+    assert 'http-equiv="refresh"' not in page
+    assert "Training stopped before it finished" in html.unescape(page)
 
 
 def test_train_now_needs_a_marketer_and_the_token(dashboard, shop):
@@ -228,9 +275,11 @@ def test_train_now_without_enough_history_explains(dashboard, shop):
                                 from_template("conversions", name=name, window_days=365))
     client = dashboard.sign_in("marketer")
     token = dashboard.csrf()
-    page = client.post(f"/predictions/{p.id}/train", data={"csrf_token": token})
-    assert page.status_code == 422
-    assert 'role="alert">Training did not start: needs at least' in page.text
+    response = client.post(f"/predictions/{p.id}/train", data={"csrf_token": token},
+                           follow_redirects=False)
+    assert response.status_code == 303
+    page = _train_page(client, response.headers["location"])
+    assert 'role="alert">Training did not start: needs at least' in page
     assert registry.list_versions(shop.propel.db, p.id) == []
 
 

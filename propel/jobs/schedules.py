@@ -94,10 +94,7 @@ def run_claimed(db: Database, name: str, tasks: dict[str, Callable[..., Any]],
     """Run a claimed schedule's task, record the run, release the lease."""
     with db.read() as conn:
         row = conn.execute(select(schedules).where(schedules.c.name == name)).one()
-    started = utcnow()
-    run_id = db.write(lambda conn: conn.execute(
-        insert(task_runs).values(schedule=name, task=row.task, started_at=started,
-                                 outcome="running").returning(task_runs.c.id)).scalar())
+    run_id = start_run(db, name, row.task)
     outcome, error, rows = "ok", None, None
     try:
         result = tasks[row.task](context, **orjson.loads(row.args))
@@ -105,14 +102,36 @@ def run_claimed(db: Database, name: str, tasks: dict[str, Callable[..., Any]],
     except Exception as exc:  # recorded, not raised: one failing schedule stops nothing else
         outcome, error = "failed", "".join(traceback.format_exception_only(exc)).strip()
         log.exception("scheduled task %s failed", name)
+    finish_run(db, run_id, outcome, error=error, rows=rows, release=name)
+    return outcome
+
+
+def start_run(db: Database, schedule: str, task: str) -> int:
+    """Record a run as started (outcome ``running``); returns its id. Runs started by
+    hand use a ``schedule`` name of their own, so their history stays apart."""
+    return db.write(lambda conn: conn.execute(
+        insert(task_runs).values(schedule=schedule, task=task, started_at=utcnow(),
+                                 outcome="running").returning(task_runs.c.id)).scalar())
+
+
+def finish_run(db: Database, run_id: int, outcome: str, *, error: str | None = None,
+               rows: int | None = None, release: str | None = None) -> None:
+    """Record a run's end; ``release``: the schedule whose lease ends with it."""
 
     def _finish(conn: Connection) -> None:
         conn.execute(update(task_runs).where(task_runs.c.id == run_id).values(
             finished_at=utcnow(), outcome=outcome, error=error, rows=rows))
-        conn.execute(update(schedules).where(schedules.c.name == name).values(lease_until=None))
+        if release is not None:
+            conn.execute(update(schedules).where(schedules.c.name == release)
+                         .values(lease_until=None))
 
     db.write(_finish)
-    return outcome
+
+
+def get_run(db: Database, run_id: int) -> dict[str, Any] | None:
+    with db.read() as conn:
+        row = conn.execute(select(task_runs).where(task_runs.c.id == run_id)).first()
+    return dict(row._mapping) if row else None
 
 
 def recent_runs(db: Database, name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

@@ -151,6 +151,15 @@ def holder_is_dead(owner: str) -> bool:
     return _proc_identity(int(parts[1])) != parts[3]
 
 
+def lease_held(db: Database, name: str) -> bool:
+    """Whether a live holder has the lease ``name`` now (an expired one, or one whose
+    process is known to be gone, does not count)."""
+    with db.read() as conn:
+        row = conn.execute(select(leases_table.c.owner, leases_table.c.expires_at).where(
+            leases_table.c.name == name)).first()
+    return row is not None and row.expires_at > utcnow() and not holder_is_dead(row.owner)
+
+
 def _expire_dead_holder(db: Database, name: str) -> bool:
     with db.read() as conn:
         owner = conn.execute(

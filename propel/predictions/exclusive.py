@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 
 from propel.core import Propel
 from propel.jobs.leases import LeaseUnavailable
-from propel.lake.store import writer_lease
+from propel.lake.store import lease_held, writer_lease
 from propel.predictions.registry import Prediction
 
 _DOING = {"train": "trained", "score": "scored"}
@@ -26,15 +26,27 @@ class AlreadyRunning(RuntimeError):
     """Another run of the same kind holds this prediction."""
 
 
+def _lease_name(prediction: Prediction, kind: str) -> str:
+    return f"prediction-{kind}:{prediction.id}"
+
+
+def busy(prediction: Prediction, kind: str) -> AlreadyRunning:
+    return AlreadyRunning(f"{prediction.spec.name!r} is being {_DOING[kind]} by another run "
+                          "right now; try again when it has finished")
+
+
+def is_running(propel: Propel, prediction: Prediction, kind: str) -> bool:
+    """Whether a live run of ``kind`` holds the prediction now, in any process."""
+    return lease_held(propel.db, _lease_name(prediction, kind))
+
+
 @contextmanager
 def one_at_a_time(propel: Propel, prediction: Prediction, kind: str) -> Iterator[None]:
     """Hold the prediction's ``kind`` lease ("train" or "score") for the block, or raise
     ``AlreadyRunning`` at once."""
     with ExitStack() as stack:
         try:
-            stack.enter_context(writer_lease(propel.db, name=f"prediction-{kind}:{prediction.id}"))
+            stack.enter_context(writer_lease(propel.db, name=_lease_name(prediction, kind)))
         except LeaseUnavailable:
-            raise AlreadyRunning(
-                f"{prediction.spec.name!r} is being {_DOING[kind]} by another run right now; "
-                "try again when it has finished") from None
+            raise busy(prediction, kind) from None
         yield

@@ -17,7 +17,7 @@ from propel.api.auth import propel_of
 from propel.campaigns import service
 from propel.campaigns.stats import headline
 from propel.core import Propel
-from propel.predictions import registry, scoring
+from propel.predictions import background, registry, scoring
 from propel.predictions.registry import ModelVersion, Prediction
 from propel.predictions.spec import (
     TEMPLATES,
@@ -429,39 +429,38 @@ def _detail(request: Request, p: Prediction, status_code: int = 200, **extra: An
                   **detail_context(propel_of(request), p), **extra)
 
 
-def _train_notice(request: Request, p: Prediction) -> str | None:
-    """The message after "Train now", rebuilt from the stored version (never from the
-    query string's text, so a link cannot put words on the page)."""
-    raw = request.query_params.get("trained", "")
-    if not raw.isdigit():
-        return None
+def _training_context(request: Request, p: Prediction) -> dict[str, Any]:
+    """What the page says about the "Train now" run in its query string: still running
+    (the page then reloads itself), the version it made, or why it made none. Built
+    from the stored run and version, never from the query string's text."""
+    raw = request.query_params.get("training", "")
+    propel = propel_of(request)
+    run = background.training_run(propel, p, int(raw)) if raw.isdigit() else None
+    if run is None:
+        return {}
+    if run.state == "running":
+        return {"training_since": run.started_at, "notice": (
+            f"Training started at {run.started_at:%H:%M:%S} UTC and is still running. "
+            "This page reloads itself until it has finished.")}
+    if run.state == "stopped":
+        return {"train_error": "Training stopped before it finished: the server process "
+                               "running it ended. Press “Train now” to start again."}
+    if run.state == "failed":
+        return {"train_error": run.error}
     try:
-        version = registry.get_version(propel_of(request).db, p.id, int(raw))
+        version = registry.get_version(propel.db, p.id, int(run.version or 0))
     except registry.NotFound:
-        return None
-    scored = " Scores were updated with it." if request.query_params.get("scored") else ""
-    return f"Trained version {version.version} ({version.kind}): {version.reason}.{scored}"
+        return {}
+    scored = p.last_scored_at is not None and p.last_scored_at >= run.started_at
+    return {"notice": f"Trained version {version.version} ({version.kind}): {version.reason}."
+                      + (" Scores were updated with it." if scored else "")}
 
 
 @router.get("/predictions/{prediction_id}")
 def prediction_page(request: Request, prediction_id: str,
                     session: Session = Depends(signed_in())) -> Response:
     p = _find(request, session, prediction_id)
-    return _detail(request, p, notice=_train_notice(request, p))
-
-
-def train_and_score(propel: Propel, p: Prediction) -> tuple[int, bool]:
-    """Train as the API's ``/train`` does; then score with the model if it was promoted
-    (or the prediction was never scored), so the groups on the page match the model."""
-    result = preds.train_prediction(propel, p)
-    fresh = registry.get_by_id(propel.db, p.id)
-    if fresh.current_version is not None and (result.promoted or fresh.last_scored_at is None):
-        try:
-            preds.score_prediction(propel, fresh)
-        except preds.AlreadyRunning:  # the next scoring picks up the new model
-            return result.version.version, False
-        return result.version.version, True
-    return result.version.version, False
+    return _detail(request, p, **_training_context(request, p))
 
 
 @router.post("/predictions/{prediction_id}/train")
@@ -469,12 +468,7 @@ async def train_now(request: Request, prediction_id: str,
                     session: Session = Depends(signed_in("marketer"))) -> Response:
     p = _find(request, session, prediction_id)
     try:
-        version, scored = await run_in_threadpool(train_and_score, propel_of(request), p)
-    except (preds.NotEnoughData, registry.ArtifactError) as exc:
-        return _detail(request, registry.get_by_id(propel_of(request).db, p.id), 422,
-                       train_error=f"Training did not start: {exc}.")
+        run_id = await run_in_threadpool(background.start_training, propel_of(request), p)
     except preds.AlreadyRunning as exc:
-        return _detail(request, registry.get_by_id(propel_of(request).db, p.id), 409,
-                       train_error=f"Training did not start: {exc}.")
-    target = f"/predictions/{p.id}?trained={version}" + ("&scored=1" if scored else "")
-    return RedirectResponse(target, status_code=303)
+        return _detail(request, p, 409, train_error=f"Training did not start: {exc}.")
+    return RedirectResponse(f"/predictions/{p.id}?training={run_id}", status_code=303)
