@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
                   "`X-CleverTap-Passcode`.")
     app.state.propel = propel
     app.state.metrics = Metrics()
-    app.state.write_keys = {}  # write key -> account id, see api.auth.segment_account
+    app.state.write_keys = {}  # write key -> (account id, until), see api.auth
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(predictions.router)

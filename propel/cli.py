@@ -148,6 +148,35 @@ def accounts_create(name: str, as_json: bool = typer.Option(False, "--json")) ->
                   f"write_key   {creds.write_key}\n[dim]Keep these: only digests are stored.[/]")
 
 
+@accounts_app.command("rotate-write-key")
+def accounts_rotate_write_key(account: AccountOpt = None,
+                              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Replace the account's Segment write key (lost or leaked). The old key stops
+    working within a minute; apps and sources must switch to the new one."""
+    from propel.accounts import rotate_write_key
+
+    propel = _propel()
+    _print_secret("write_key", rotate_write_key(propel.db, _account(propel, account)), as_json)
+
+
+@accounts_app.command("rotate-passcode")
+def accounts_rotate_passcode(account: AccountOpt = None,
+                             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Replace the account's CleverTap passcode (lost or leaked); the old one stops
+    working at once."""
+    from propel.accounts import rotate_passcode
+
+    propel = _propel()
+    _print_secret("passcode", rotate_passcode(propel.db, _account(propel, account)), as_json)
+
+
+def _print_secret(name: str, value: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({name: value}))
+    else:
+        console.print(f"{name}  {value}\n[dim]Shown once: only its digest is stored.[/]")
+
+
 @accounts_app.command("list")
 def accounts_list() -> None:
     from propel.accounts import list_accounts

@@ -80,6 +80,26 @@ def create_account(db: Database, name: str) -> AccountCredentials:
     return creds
 
 
+def rotate_write_key(db: Database, account_id: str) -> str:
+    """A new Segment write key for the account; the old one stops working (servers
+    that remember keys drop it within ``propel.api.auth.WRITE_KEY_TTL_SECONDS``)."""
+    return _rotate(db, account_id, "write_key_hash", secrets.token_urlsafe(24))
+
+
+def rotate_passcode(db: Database, account_id: str) -> str:
+    """A new CleverTap passcode for the account; the old one stops working at once."""
+    return _rotate(db, account_id, "passcode_hash", secrets.token_urlsafe(18))
+
+
+def _rotate(db: Database, account_id: str, column: str, secret: str) -> str:
+    changed = db.write(lambda conn: conn.execute(
+        update(accounts).where(accounts.c.id == account_id).values({column: digest(secret)})
+    ).rowcount)
+    if not changed:
+        raise LookupError(f"no account {account_id!r}")
+    return secret
+
+
 def get_account(db: Database, account_id: str) -> Account | None:
     with db.read() as conn:
         row = conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 
 from fastapi import Request
 
@@ -12,6 +13,7 @@ from propel.api.errors import ApiError
 from propel.core import Propel
 
 WRITE_KEYS_REMEMBERED = 10_000
+WRITE_KEY_TTL_SECONDS = 60.0
 
 
 def propel_of(request: Request) -> Propel:
@@ -42,15 +44,19 @@ def segment_account(request: Request) -> str:
             write_key = ""
     if not write_key:
         raise ApiError(401, "unauthorized", "send the write key as the HTTP Basic user name")
-    # A write key never changes hands, so a key once found needs no database round trip
-    # on every batch; unknown keys are not remembered (a new account works at once).
-    known: dict[str, str] = request.app.state.write_keys
-    account = known.get(write_key) or account_for_write_key(propel_of(request).db, write_key)
-    if account is None:
+    # A key once found is remembered for a while, so a batch needs no database round
+    # trip; a rotated key stops working in every server process when that while ends.
+    # Unknown keys are not remembered (a new account or key works at once).
+    known: dict[str, tuple[str, float]] = request.app.state.write_keys
+    account, until = known.get(write_key, ("", 0.0))
+    if until < time.monotonic():
+        account = account_for_write_key(propel_of(request).db, write_key) or ""
+        if len(known) >= WRITE_KEYS_REMEMBERED:
+            known.clear()
+        if account:
+            known[write_key] = (account, time.monotonic() + WRITE_KEY_TTL_SECONDS)
+    if not account:
         raise ApiError(401, "unauthorized", "write key is not valid")
-    if len(known) >= WRITE_KEYS_REMEMBERED:
-        known.clear()
-    known[write_key] = account
     return account
 
 
