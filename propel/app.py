@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from propel import __version__, web
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, *, propel: Propel | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers = start_background(propel) if background else None
+        workers = start_background(propel, app.state.metrics) if background else None
         try:
             yield
         finally:
@@ -109,7 +109,7 @@ def _ops_routes(app: FastAPI) -> None:
             m.pending.set(pending_stats(propel_of(request).db)[0])
         except Exception:  # metrics must render even when the database is struggling
             log.warning("could not read pending rows for /metrics")
-        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
@@ -181,7 +181,7 @@ class Background:
             thread.stop()
 
 
-def start_background(propel: Propel) -> Background:
+def start_background(propel: Propel, metrics: Metrics) -> Background:
     from propel.campaigns.delivery import DeliveryThread
     from propel.jobs.tasks import (
         FlusherThread,
@@ -192,7 +192,7 @@ def start_background(propel: Propel) -> Background:
     from propel.journeys.worker import JourneyThread
 
     ensure_default_schedules(propel)
-    flusher = FlusherThread(propel)
+    flusher = FlusherThread(propel, on_lag=metrics.flush_lag.set)
     flusher.start()
     delivery = DeliveryThread(propel)
     delivery.start()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,11 +57,22 @@ class Metrics:
                                 ["source"], registry=self.registry)
         self.requests = Histogram("propel_http_request_seconds", "HTTP request duration",
                                   ["method", "route", "status"], registry=self.registry)
+        # Set, never added to: across worker processes the last value set is the one.
         self.pending = Gauge("propel_lake_pending_rows", "Rows waiting for the flusher",
-                             registry=self.registry)
+                             registry=self.registry, multiprocess_mode="mostrecent")
         self.flush_lag = Gauge("propel_lake_flush_lag_seconds",
                                "Age of the oldest row in the last flush",
-                               registry=self.registry)
+                               registry=self.registry, multiprocess_mode="mostrecent")
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets. Under ``propel serve --workers N`` every worker keeps
+        its metrics in the shared ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
+        multiprocess mode), so whichever worker answers reports all of them."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
     def count_ingest(self, source: str, result: Any) -> None:
         self.ingested.labels(source).inc(result.accepted)

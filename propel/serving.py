@@ -19,7 +19,9 @@ import asyncio
 import fcntl
 import gc
 import os
+import shutil
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -97,10 +99,24 @@ def worker_app() -> FastAPI:
     return app
 
 
+def shared_metrics_dir(settings: Settings) -> Path:
+    """An empty folder for the workers' metrics files (``PROPEL_DATA_DIR/metrics``):
+    counts start from zero with the server, as they do in one process."""
+    path = settings.data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def serve_workers(host: str, port: int, workers: int, *, background: bool = True) -> None:
     import uvicorn
 
+    from propel.observability import MULTIPROCESS_ENV
+
     os.environ[BACKGROUND_ENV] = "1" if background else "0"
+    # Set before the workers start: prometheus_client picks its storage at import.
+    if not os.environ.get(MULTIPROCESS_ENV):
+        os.environ[MULTIPROCESS_ENV] = str(shared_metrics_dir(Settings()))
     uvicorn.run("propel.serving:worker_app", factory=True, host=host, port=port,
                 workers=workers, log_config=None, access_log=False,
                 # a worker imports all of Propel before it answers the supervisor

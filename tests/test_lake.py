@@ -491,7 +491,8 @@ def test_flush_is_due_by_size_or_by_age(propel, tenant):
 def test_flusher_thread_flushes_on_its_own_and_rows_cap_batches(propel, tenant):
     propel.settings.flush_rows = 4
     ids = ingest(propel, tenant, [f"m{i}" for i in range(10)])
-    flusher = FlusherThread(propel, interval=0.05)
+    lags: list[float] = []
+    flusher = FlusherThread(propel, interval=0.05, on_lag=lags.append)
     flusher.start()
     try:
         deadline = time.monotonic() + 20
@@ -501,6 +502,7 @@ def test_flusher_thread_flushes_on_its_own_and_rows_cap_batches(propel, tenant):
         flusher.stop()
     assert [b.row_count for b in batch_rows(propel)] == [4, 4, 2]
     assert_settled(propel, ids)
+    assert lags and max(lags) > 0  # each flush tells its lag (the /metrics gauge)
 
 
 # --- (d) one writer per lake --------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,11 @@ def batch(run: str, n: int, size: int) -> dict:
                       for i in range(size)]}
 
 
+def segment_count(metrics: str, name: str) -> float:
+    found = re.findall(rf'^{name}_total{{source="segment"}} (\S+)$', metrics, re.M)
+    return sum(map(float, found))
+
+
 def test_two_workers_store_every_event_once_and_one_runs_background(tmp_path: Path) -> None:
     config = ServerConfig(data_dir=tmp_path / "data", serve_args=("--workers", "2"))
     creds = json.loads(cli(config, "accounts", "create", "Shop", "--json"))
@@ -78,6 +84,16 @@ def test_two_workers_store_every_event_once_and_one_runs_background(tmp_path: Pa
         finally:
             propel.close()
         assert (config.data_dir / "serve-background.lock").exists()
+        # Each worker counted its own requests; a scrape, whichever worker answers it,
+        # reports all of them (the flusher's lag too, set in the background worker).
+        counters = {p.name for p in (config.data_dir / "metrics").glob("counter_*.db")}
+        assert len(counters) >= 2, counters
+        for _ in range(6):
+            text = httpx.get(f"{server.url}/metrics", timeout=10).text
+            assert segment_count(text, "propel_ingest_accepted") == 1000, text
+            assert segment_count(text, "propel_ingest_duplicates") == 1000
+        lag = re.search(r"^propel_lake_flush_lag_seconds (\S+)$", text, re.M)
+        assert lag and float(lag.group(1)) > 0, text
         server.stop()
     assert not children(server.proc.pid)  # the workers went with the supervisor
     assert int(cli(config, "events", "count", "--account", creds["account_id"])) == 1000

@@ -150,12 +150,14 @@ def start_consumer(huey: Huey, workers: int) -> InProcessConsumer:
 class FlusherThread(threading.Thread):
     """Checks every second whether pending rows are due (by count or age) and flushes."""
 
-    def __init__(self, propel: Propel, interval: float = 1.0) -> None:
+    def __init__(self, propel: Propel, interval: float = 1.0,
+                 on_lag: Callable[[float], None] | None = None) -> None:
+        """``on_lag``: told each flush's lag (age of its oldest row), e.g. a gauge's set."""
         super().__init__(name="propel-flusher", daemon=True)
         self.propel = propel
         self.interval = interval
+        self.on_lag = on_lag
         self.stopping = threading.Event()
-        self.last_lag_seconds = 0.0
 
     def run(self) -> None:
         settings = self.propel.settings
@@ -166,7 +168,8 @@ class FlusherThread(threading.Thread):
                                       max_age_seconds=settings.flush_seconds):
                     result = flush.flush_batches(self.propel.db, self.propel.lake,
                                                  max_rows=settings.flush_rows)
-                    self.last_lag_seconds = result.max_lag_seconds
+                    if self.on_lag is not None:
+                        self.on_lag(result.max_lag_seconds)
                 settle_recent_keys(self.propel.db, at=settings.dedupe_settle_keys)
                 first = False
             except LeaseUnavailable:  # compaction or an import is writing: next time
