@@ -76,13 +76,14 @@ def path_of(url: str) -> str:
 def test_urls_and_list_unsubscribe_headers(secret) -> None:
     assert tracking.tracking_pixel_url(BASE + "/", "k1", secret).startswith(f"{BASE}/t/o/")
     assert tracking.tracking_pixel_url(BASE, "k1", secret).endswith(".gif")
-    headers = tracking.list_unsubscribe_headers(BASE, "k1", secret)
+    headers = tracking.list_unsubscribe_headers(tracking.unsubscribe_url(BASE, "k1", secret))
     assert headers == {
         "List-Unsubscribe": f"<{tracking.unsubscribe_url(BASE, 'k1', secret)}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     assert re.fullmatch(r"<https://propel\.example\.com/u/[A-Za-z0-9_\-.]+>",
                         headers["List-Unsubscribe"])
-    with_mail = tracking.list_unsubscribe_headers(BASE, "k1", secret, "unsub@example.com")
+    with_mail = tracking.list_unsubscribe_headers(tracking.unsubscribe_url(BASE, "k1", secret),
+                                                  "unsub@example.com")
     assert with_mail["List-Unsubscribe"].endswith(", <mailto:unsub@example.com>")
     with pytest.raises(ValueError):
         tracking.click_url(BASE, "k1", "javascript:alert(1)", secret)

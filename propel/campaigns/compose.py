@@ -47,9 +47,10 @@ def compose(propel: Propel, claimed: Any, scores: dict[str, Any] | None = None) 
             claimed.identity, {})
     base = propel.settings.public_url
     secret = propel.settings.resolved_secret_key()
+    unsubscribe = tracking.unsubscribe_url(base, claimed.key, secret)
     context = render.build_context(
         claimed.profile, predictions=predictions_of(scores), campaign_name=campaign.name,
-        unsubscribe_url=tracking.unsubscribe_url(base, claimed.key, secret))
+        unsubscribe_url=unsubscribe)
     variants = campaign.content.get("variants", [])
     variant = next((v for v in variants if v.get("name") == claimed.variant), variants[0])
     fields = render.render(campaign.channel, variant, context)
@@ -63,5 +64,5 @@ def compose(propel: Propel, claimed: Any, scores: dict[str, Any] | None = None) 
         out.html = tracking.rewrite_links(out.html, base, claimed.key, secret) + (
             f'<img src="{tracking.tracking_pixel_url(base, claimed.key, secret)}" '
             'width="1" height="1" alt="">')
-        out.headers.update(tracking.list_unsubscribe_headers(base, claimed.key, secret))
+        out.headers.update(tracking.list_unsubscribe_headers(unsubscribe))
     return out

@@ -86,11 +86,10 @@ def unsubscribe_url(base_url: str, key: str, secret: str) -> str:
     return f"{_base(base_url)}/u/{sign(secret, {'k': key}, UNSUBSCRIBE)}"
 
 
-def list_unsubscribe_headers(base_url: str, key: str, secret: str,
-                             mailto: str | None = None) -> dict[str, str]:
-    """RFC 2369 / RFC 8058 headers: the HTTPS one-click URI first, then an optional
-    ``mailto:`` address."""
-    uris = [f"<{unsubscribe_url(base_url, key, secret)}>"]
+def list_unsubscribe_headers(unsubscribe: str, mailto: str | None = None) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers: the HTTPS one-click URI (``unsubscribe_url``'s)
+    first, then an optional ``mailto:`` address."""
+    uris = [f"<{unsubscribe}>"]
     if mailto:
         uris.append(f"<{mailto if mailto.lower().startswith('mailto:') else 'mailto:' + mailto}>")
     return {"List-Unsubscribe": ", ".join(uris),
