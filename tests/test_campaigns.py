@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from propel.campaigns.engage import engage
 from propel.campaigns.stats import campaign_stats
 from propel.campaigns.tables import messages
 from propel.channels.base import Outcome
+from propel.channels.fake import FakeChannel
 from propel.ingest.records import IngestItem, ProfileUpdate, key_hash
 from propel.ingest.service import ingest_sync
 
@@ -172,6 +174,35 @@ def test_crash_after_handover_is_in_doubt_unless_receiver_dedupes(propel, tenant
         assert states(propel, c.id) == {"queued": 5}
         deliver(propel, Recorder())
     assert states(propel, c.id) == {expected: 5}
+
+
+def test_a_slow_provider_keeps_its_claim_no_in_doubt_and_nothing_sent_twice(propel, tenant):
+    # The provider takes 2.5 s against a 1 s lease, and meanwhile another worker
+    # recovers expired claims. A live worker's claims must stay its own: none
+    # in_doubt, no text sent twice.
+    ingest_sync(propel.db, tenant.id, [IngestItem(key_hash(tenant.id, f"ph{i}"),
+                profile=ProfileUpdate(identity=f"u{i:04d}", phone=f"+1415555{i:04d}",
+                                      properties={"plan": "pro"}))
+                for i in range(40)], [], "test")
+    c = service.publish(propel, tenant.id, make_campaign(
+        propel, tenant.id, channel="sms", holdout_pct=0,
+        content={"variants": [{"name": "A", "split": 100, "body": "b"}]}).id)
+    dispatch_campaign(propel, tenant.id, c.id)
+    channel = FakeChannel(name="sms", dedupes=False, delay=2.5)
+    engine = DeliveryEngine(propel, lease_seconds=1, channel_factory=lambda a, n: channel)
+
+    async def slow_send_and_a_recovery_meanwhile() -> int:
+        sending = asyncio.create_task(engine.run_once())
+        await asyncio.sleep(1.8)
+        assert states(propel, c.id) == {"sending": 40}
+        assert await asyncio.to_thread(recover_expired, propel) == {"resent": 0,
+                                                                     "in_doubt": 0}
+        return await sending
+
+    assert asyncio.run(slow_send_and_a_recovery_meanwhile()) == 40
+    assert states(propel, c.id) == {"sent": 40}
+    handed = Counter(ob.key for batch in channel.batches for ob in batch)
+    assert len(handed) == 40 and set(handed.values()) == {1}
 
 
 def test_daily_cap_holds_under_concurrent_workers(propel, tenant):

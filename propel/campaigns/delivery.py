@@ -2,24 +2,27 @@
 send through the channel, and record exactly one outcome per message.
 
 Honest accounting. A claimed message is marked ``sending`` (with a lease) and that is
-committed *before* it is handed to the provider. If the worker dies before recording
-the outcome, the lease expires and the message can only be one thing: sent or not,
-unknown. For a receiver that deduplicates on our key (e-mail Message-ID, webhook
-Idempotency-Key, inbox id) it is queued again, safely; for any other (push, SMS) it
-ends as ``in_doubt`` and is never resent automatically.
+committed *before* it is handed to the provider; a live worker renews the lease while
+the provider answers, however slowly. If the worker dies before recording the outcome,
+the lease expires and the message can only be one thing: sent or not, unknown. For a
+receiver that deduplicates on our key (e-mail Message-ID, webhook Idempotency-Key,
+inbox id) it is queued again, safely; for any other (push, SMS) it ends as
+``in_doubt`` and is never resent automatically.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import zoneinfo
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Connection, bindparam, func, or_, select, update
@@ -37,6 +40,7 @@ log = logging.getLogger("propel.delivery")
 MAX_ATTEMPTS = 5
 PIPELINES = 2  # batches in flight per engine: one on the wire while another is claimed
 CHUNK = 500  # rows per statement: well under any driver's parameter limit
+T = TypeVar("T")
 DEDUPING = {"email": True, "webhook": True, "inbox": True, "push": False, "sms": False}
 
 
@@ -407,13 +411,43 @@ class DeliveryEngine:
                 failed.append(Outcome(c.key, delivered=False, error=f"compose: {exc}"))
         try:
             channel = self._channel(account_id, channel_name)
-            outcomes = await channel.send(outbound) if outbound else []
+            outcomes = (await self._keeping_claim([c.id for c in batch],
+                                                  channel.send(outbound))
+                        if outbound else [])
         except Exception as exc:  # misconfigured channel: nothing was handed over
             log.warning("channel %s failed: %s", channel_name, exc)
             outcomes = [Outcome(o.key, delivered=False, retryable=True, error=str(exc))
                         for o in outbound]
         faults.crash_point("deliver.after_send")
         await asyncio.to_thread(self.record, batch, outcomes + failed, now)
+
+    async def _keeping_claim(self, ids: list[int], sending: Awaitable[T]) -> T:
+        """Await ``sending`` while renewing the batch's claim every third of the lease:
+        a slow provider must not make a live worker's messages look like a dead one's
+        (in_doubt, or sent twice)."""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease.total_seconds() / 3)
+                await asyncio.to_thread(self._extend_claim, ids)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            return await sending
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    def _extend_claim(self, ids: list[int]) -> None:
+        until = utcnow() + self.lease
+
+        def _extend(conn: Connection) -> None:
+            for start in range(0, len(ids), CHUNK):
+                conn.execute(update(messages).where(
+                    messages.c.id.in_(ids[start:start + CHUNK]),
+                    messages.c.state == "sending").values(claim_until=until))
+
+        self.propel.db.write(_extend)
 
     def record(self, batch: list[Claimed], outcomes: list[Outcome], now: datetime) -> None:
         by_key = {c.key: c for c in batch}
