@@ -20,6 +20,7 @@ POINTS = (
     "flush.after_lake_commit",
     "flush.before_mark",
     "import.after_lake_commit",
+    "dispatch.before_store",
     "deliver.after_claim",
     "deliver.after_send",
     "journeys.after_read",

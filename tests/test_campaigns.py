@@ -10,9 +10,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from propel import audiences
 from propel.campaigns import service
 from propel.campaigns.delivery import DeliveryEngine, quiet_until, recover_expired
-from propel.campaigns.dispatch import dispatch_campaign, finish_dispatches, in_holdout
+from propel.campaigns.dispatch import (
+    _message_rows,
+    _store_dispatch,
+    dispatch_campaign,
+    finish_dispatches,
+    in_holdout,
+)
 from propel.campaigns.engage import engage
 from propel.campaigns.stats import campaign_stats
 from propel.campaigns.tables import messages
@@ -174,6 +181,39 @@ def test_crash_after_handover_is_in_doubt_unless_receiver_dedupes(propel, tenant
         assert states(propel, c.id) == {"queued": 5}
         deliver(propel, Recorder())
     assert states(propel, c.id) == {expected: 5}
+
+
+def test_a_dispatch_that_dies_before_storing_leaves_the_run_due(propel, tenant, monkeypatch):
+    add_users(propel, tenant.id, 20)
+    c = service.publish(propel, tenant.id, make_campaign(propel, tenant.id, holdout_pct=0).id)
+
+    def worker_dies(*args, **kwargs):
+        raise RuntimeError("the worker died while reading the audience")
+
+    real = audiences.materialize
+    monkeypatch.setattr(audiences, "materialize", worker_dies)
+    with pytest.raises(RuntimeError):
+        dispatch_campaign(propel, tenant.id, c.id)
+    assert states(propel, c.id) == {} and c.id in service.due_campaigns(propel)
+    monkeypatch.setattr(audiences, "materialize", real)
+    assert dispatch_campaign(propel, tenant.id, c.id) is not None
+    assert states(propel, c.id) == {"queued": 20}
+    assert c.id not in service.due_campaigns(propel)
+
+
+def test_two_workers_dispatching_one_run_store_it_once(propel, tenant):
+    add_users(propel, tenant.id, 10)
+    c = service.publish(propel, tenant.id, make_campaign(propel, tenant.id, holdout_pct=0).id)
+    campaign = service.get_campaign(propel, tenant.id, c.id)
+    members = audiences.materialize(propel, tenant.id, campaign.audience)
+    rows = _message_rows(campaign, members, campaign.next_run_at, None)
+    # both read the audience; only the first to store claims the run
+    first = propel.db.write(lambda conn: _store_dispatch(conn, campaign, campaign.next_run_at,
+                                                         rows))
+    second = propel.db.write(lambda conn: _store_dispatch(conn, campaign,
+                                                          campaign.next_run_at, rows))
+    assert first is not None and second is None
+    assert states(propel, c.id) == {"queued": 10}
 
 
 def test_a_slow_provider_keeps_its_claim_no_in_doubt_and_nothing_sent_twice(propel, tenant):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from propel import faults
 from propel.campaigns.service import (
     Campaign,
     first_run_at,
@@ -40,9 +41,11 @@ def in_holdout(campaign_id: str, identity: str, pct: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < pct
 
 
-def message_key(dispatch_id: int, identity: str) -> str:
-    return "m" + hashlib.blake2b(f"{dispatch_id}:{identity}".encode(), digest_size=16
-                                 ).hexdigest()
+def message_key(campaign_id: str, run_at: datetime, identity: str) -> str:
+    """The message's key (Message-ID, idempotency key), known before its dispatch is
+    stored: one per user and run of the campaign."""
+    seed = f"{campaign_id}:{run_at.astimezone(UTC).isoformat()}:{identity}"
+    return "m" + hashlib.blake2b(seed.encode(), digest_size=16).hexdigest()
 
 
 def reachable(channel: str, member: Any) -> str | None:
@@ -75,9 +78,9 @@ def _prediction_name(propel: Propel, campaign: Campaign) -> str | None:
         return None
 
 
-def _open_dispatch(conn: Connection, campaign: Campaign, run_at: datetime) -> int | None:
-    """Claim this run of the campaign: advance next_run_at in the same transaction, so
-    two workers never dispatch the same run."""
+def _claim_run(conn: Connection, campaign: Campaign, run_at: datetime) -> bool:
+    """Claim this run of the campaign: advance next_run_at, so two workers never
+    dispatch the same run."""
     schedule = campaign.schedule
     nxt = None
     if schedule["type"] == "recurring":
@@ -85,23 +88,19 @@ def _open_dispatch(conn: Connection, campaign: Campaign, run_at: datetime) -> in
         until = schedule.get("until")
         if until and nxt > datetime.fromisoformat(until):
             nxt = None
-    claimed = conn.execute(update(campaigns).where(
+    return conn.execute(update(campaigns).where(
         campaigns.c.id == campaign.id, campaigns.c.next_run_at == run_at,
         campaigns.c.status.in_(("scheduled", "running"))).values(
         next_run_at=nxt, status="running", started_at=campaign.started_at or utcnow(),
-        updated_at=utcnow())).rowcount
-    if not claimed:
-        return None
-    return conn.execute(insert(dispatches).values(
-        campaign_id=campaign.id, account_id=campaign.account_id, started_at=utcnow(),
-        status="materializing").returning(dispatches.c.id)).scalar()
+        updated_at=utcnow())).rowcount == 1
 
 
 def dispatch_campaign(propel: Propel, account_id: str, campaign_id: str) -> int | None:
     """Start the due run of a campaign; returns the dispatch id (None if not due or
-    another worker took it)."""
+    another worker took it). The audience is read first; the run is then claimed and
+    every member's message stored in one transaction, so a worker that dies on the way
+    leaves the run due for the next one, and nobody is lost."""
     from propel import audiences
-    from propel.campaigns.render import choose_variant
 
     campaign = get_campaign(propel, account_id, campaign_id)
     if campaign.next_run_at is None or campaign.status not in ("scheduled", "running"):
@@ -109,16 +108,26 @@ def dispatch_campaign(propel: Propel, account_id: str, campaign_id: str) -> int 
     if campaign.next_run_at > utcnow():
         return None  # not due yet
     run_at = campaign.next_run_at
-    dispatch_id = propel.db.write(lambda conn: _open_dispatch(conn, campaign, run_at))
-    if dispatch_id is None:
-        return None
     members = audiences.materialize(propel, account_id, campaign.audience)
-    prediction_name = _prediction_name(propel, campaign)
+    rows = _message_rows(campaign, members, run_at, _prediction_name(propel, campaign))
+    faults.crash_point("dispatch.before_store")
+    dispatch_id = propel.db.write(lambda conn: _store_dispatch(conn, campaign, run_at, rows))
+    if dispatch_id is not None:
+        log.info("dispatched %s: %s users", campaign.name, len(rows))
+    return dispatch_id
+
+
+def _message_rows(campaign: Campaign, members: list[Any], run_at: datetime,
+                  prediction_name: str | None) -> list[tuple]:
+    """A message per member (without its dispatch id, not known yet): holdout,
+    suppressed with the reason, or queued."""
+    from propel.campaigns.render import choose_variant
+
     variants = campaign.content.get("variants", [])
     now = utcnow()
     rows = []
     for member in members:
-        key = message_key(dispatch_id, member.identity)
+        key = message_key(campaign.id, run_at, member.identity)
         group, score, version = _group_for(campaign, member, prediction_name)
         if in_holdout(campaign.id, member.identity, campaign.holdout_pct):
             state, reason = "holdout", None
@@ -126,23 +135,24 @@ def dispatch_campaign(propel: Propel, account_id: str, campaign_id: str) -> int 
             reason = reachable(campaign.channel, member)
             state = "suppressed" if reason else "queued"
         when = local_send_time(campaign.schedule, run_at, member.timezone)
-        rows.append((account_id, campaign.id, dispatch_id, member.identity, key,
+        rows.append((campaign.account_id, campaign.id, member.identity, key,
                      choose_variant(variants, key) if variants else None, group, score,
                      version, state, reason, 0, when, now))
-    _store_messages(propel, dispatch_id, rows)
-    log.info("dispatched %s: %s users", campaign.name, len(rows))
+    return rows
+
+
+def _store_dispatch(conn: Connection, campaign: Campaign, run_at: datetime,
+                    rows: list[tuple]) -> int | None:
+    if not _claim_run(conn, campaign, run_at):
+        return None
+    dispatch_id = conn.execute(insert(dispatches).values(
+        campaign_id=campaign.id, account_id=campaign.account_id, started_at=utcnow(),
+        status="sending", targeted=len(rows)).returning(dispatches.c.id)).scalar()
+    stored = [(*r[:2], dispatch_id, *r[2:11], db_time(conn, r[11]), db_time(conn, r[12]))
+              for r in rows]
+    for start in range(0, len(stored), 5000):
+        insert_many(conn, "messages", _MSG_COLUMNS, stored[start:start + 5000])
     return dispatch_id
-
-
-def _store_messages(propel: Propel, dispatch_id: int, rows: list[tuple]) -> None:
-    def _insert(conn: Connection) -> None:
-        stored = [(*r[:12], db_time(conn, r[12]), db_time(conn, r[13])) for r in rows]
-        for start in range(0, len(stored), 5000):
-            insert_many(conn, "messages", _MSG_COLUMNS, stored[start:start + 5000])
-        conn.execute(update(dispatches).where(dispatches.c.id == dispatch_id).values(
-            status="sending", targeted=len(rows)))
-
-    propel.db.write(_insert)
 
 
 def cancel_pending(propel: Propel, campaign_id: str) -> int:

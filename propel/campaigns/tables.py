@@ -47,7 +47,7 @@ dispatches = Table(
     Column("account_id", String(32), nullable=False),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime()),
-    Column("status", String(20), nullable=False),  # materializing, sending, done, stopped
+    Column("status", String(20), nullable=False),  # sending, done, stopped
     Column("targeted", Integer, nullable=False, default=0),
 )
 
