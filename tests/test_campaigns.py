@@ -245,6 +245,20 @@ def test_a_slow_provider_keeps_its_claim_no_in_doubt_and_nothing_sent_twice(prop
     assert len(handed) == 40 and set(handed.values()) == {1}
 
 
+def test_a_daily_cap_counts_what_uncapped_campaigns_sent_today(propel, tenant):
+    add_users(propel, tenant.id, 5)
+    for i in range(3):
+        c = service.publish(propel, tenant.id, make_campaign(
+            propel, tenant.id, name=f"uncapped {i}", holdout_pct=0).id)
+        dispatch_campaign(propel, tenant.id, c.id)
+    deliver(propel, Recorder())
+    capped = service.publish(propel, tenant.id, make_campaign(
+        propel, tenant.id, name="capped", holdout_pct=0, caps={"per_day": 3}).id)
+    dispatch_campaign(propel, tenant.id, capped.id)
+    deliver(propel, Recorder())
+    assert states(propel, capped.id) == {"suppressed": 5}  # each user had 3 today
+
+
 def test_daily_cap_holds_under_concurrent_workers(propel, tenant):
     add_users(propel, tenant.id, 40)
     ids = []

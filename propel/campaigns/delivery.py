@@ -82,6 +82,9 @@ def quiet_until(dnd: dict[str, Any] | None, now: datetime, tz_name: str | None
     return local_end.astimezone(now.tzinfo)
 
 
+UNCAPPED = 2**31 - 1  # a campaign without a daily cap: its sends are counted, never refused
+
+
 def _day(now: datetime) -> int:
     return int(now.timestamp() // 86400)
 
@@ -153,9 +156,8 @@ def capped(conn: Connection, pending: list[tuple[Any, Campaign]], now: datetime)
                 sent[r.identity] += 1
     by_cap: dict[tuple[str, int], list[Any]] = defaultdict(list)
     for r, c in pending:
-        per_day = (c.caps or {}).get("per_day")
-        if per_day and r.id not in out:
-            by_cap[(r.account_id, per_day)].append(r)
+        if r.id not in out:  # uncapped sends count too: a cap is across campaigns
+            by_cap[(r.account_id, (c.caps or {}).get("per_day") or UNCAPPED)].append(r)
     for (account_id, cap), rows in by_cap.items():
         for group in _rounds(rows):
             for start in range(0, len(group), CHUNK):
@@ -472,7 +474,7 @@ class DeliveryEngine:
                               + (o.error or "failed")[:180]}
                     if o.bounced:
                         bounces.append((c.campaign.account_id, c.identity, c.campaign.channel))
-                if not o.delivered and (c.campaign.caps or {}).get("per_day"):
+                if not o.delivered:
                     _release_daily_cap(conn, c.campaign.account_id, c.identity, _day(now))
                 updates.append({"_id": c.id, "state": values["state"],
                                 "reason": values.get("reason"),
