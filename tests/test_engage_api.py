@@ -358,6 +358,30 @@ def test_preview_is_personalised_per_variant(client, propel, tenant, other_tenan
 # --------------------------------------------------------------------------- stats
 
 
+def test_a_campaign_on_a_prediction_group_records_groups_without_prediction_id(
+        client, propel, tenant):
+    # Made through the API (or CleverTap's) on the group property alone, with no
+    # prediction_id: the messages still record the group, score and model version.
+    h = tenant.bearer
+    scored_shop(client, propel, tenant, n=30)
+    c = create(client, tenant, holdout_pct=0.0, audience={
+        "and": [{"property": "Predict Conversions", "op": "in", "value": ["High", "Medium"]}]})
+    assert c["prediction_id"] is None
+    assert client.post(f"/api/v1/campaigns/{c['id']}/publish", headers=h).status_code == 200
+    assert dispatch_campaign(propel, tenant.id, c["id"]) is not None
+    with propel.db.read() as conn:
+        rows = conn.execute(select(messages.c.identity, messages.c.grp, messages.c.score,
+                                   messages.c.model_version).where(
+            messages.c.campaign_id == c["id"])).all()
+    assert len(rows) == 20
+    assert {(r.identity, r.grp) for r in rows} == {
+        (uid(i), group_of(i)) for i in range(30) if group_of(i) != "Low"}
+    assert {r.model_version for r in rows} == {1} and None not in {r.score for r in rows}
+    stats = client.get(f"/api/v1/campaigns/{c['id']}/stats", headers=h).json()
+    assert {g: s["targeted"] for g, s in stats["groups"].items() if s["targeted"]} == {
+        "High": 10, "Medium": 10}
+
+
 def test_stats_after_delivery(client, propel, tenant):
     h = tenant.bearer
     n = 60
