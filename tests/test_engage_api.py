@@ -358,6 +358,22 @@ def test_preview_is_personalised_per_variant(client, propel, tenant, other_tenan
 # --------------------------------------------------------------------------- stats
 
 
+def test_schedules_that_could_never_run_are_refused(client, tenant):
+    h = tenant.bearer
+    r = client.post("/api/v1/campaigns", headers=h, json=email_spec(
+        schedule={"type": "at", "at": "0001-01-01T00:00", "user_timezone": True}))
+    assert r.status_code == 400 and "schedule.at must be between" in error_of(r)
+    r = client.post("/api/v1/campaigns", headers=h, json=email_spec(
+        schedule={"type": "recurring", "every": "daily", "until": "9999-12-31T23:00"}))
+    assert r.status_code == 400 and "schedule.until must be between" in error_of(r)
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    c = create(client, tenant, schedule={"type": "recurring", "every": "daily",
+                                         "until": past})
+    r = client.post(f"/api/v1/campaigns/{c['id']}/publish", headers=h)
+    assert r.status_code == 400 and "is before the first run" in error_of(r)
+    assert client.get(f"/api/v1/campaigns/{c['id']}", headers=h).json()["status"] == "draft"
+
+
 def test_a_campaign_on_a_prediction_group_records_groups_without_prediction_id(
         client, propel, tenant):
     # Made through the API (or CleverTap's) on the group property alone, with no

@@ -87,6 +87,8 @@ def validate_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
             at = datetime.fromisoformat(str(schedule.get("at")))
         except ValueError:
             raise CampaignError("schedule.at must be an ISO date-time") from None
+        if not 1970 <= at.year <= 9998:  # a day's margin for every time zone's shift
+            raise CampaignError("schedule.at must be between the years 1970 and 9998")
         if at.tzinfo is None and not tz:
             at = at.replace(tzinfo=UTC)
         return {"type": "at", "at": at.isoformat(), "user_timezone": tz}
@@ -106,6 +108,8 @@ def validate_schedule(schedule: dict[str, Any]) -> dict[str, Any]:
                 until = datetime.fromisoformat(str(schedule["until"]))
             except ValueError:
                 raise CampaignError("schedule.until must be an ISO date-time") from None
+            if not 1970 <= until.year <= 9998:
+                raise CampaignError("schedule.until must be between the years 1970 and 9998")
             out["until"] = (until if until.tzinfo else until.replace(tzinfo=UTC)).isoformat()
         return out
     raise CampaignError("schedule.type must be now, at or recurring")
@@ -303,6 +307,10 @@ def publish(propel: Propel, account_id: str, campaign_id: str) -> Campaign:
         raise CampaignError(f"only a draft can be published; this one is {c.status}")
     _validate(propel, account_id, c)
     run_at = first_run_at(c.schedule, utcnow())
+    until = c.schedule.get("until")
+    if until and run_at > datetime.fromisoformat(until):
+        raise CampaignError(f"schedule.until ({until}) is before the first run "
+                            f"({run_at.isoformat(timespec='minutes')}): it would never run")
     _set_status(propel, campaign_id, ("draft",), status="scheduled", next_run_at=run_at)
     return get_campaign(propel, account_id, campaign_id)
 
