@@ -400,3 +400,138 @@ def test_request_shapes_and_errors(live_server, client, propel, tenant, other_te
     assert campaign_of(live_server.url, tenant, mine)["status"] != "stopped"
     http.close()
     other.close()
+
+
+# --------------------------------------------------------------------------- where filters
+
+
+def seed_charges(client, tenant) -> None:
+    """Four buyers of ``Charged`` (amounts 100, 200, 300 and one without an amount)
+    and two users who bought nothing; ``plan`` set on four of the six."""
+    r = client.post("/api/v1/profiles", headers=tenant.bearer, json={"profiles": [
+        {"identity": "b0", "properties": {"plan": "gold"}},
+        {"identity": "b1", "properties": {"plan": "silver"}},
+        {"identity": "b2", "properties": {"plan": "Gold plus"}},
+        {"identity": "b3"},
+        {"identity": "n4", "properties": {"plan": "bronze"}},
+        {"identity": "n5"}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 6, r.text
+    charges = [("b0", {"Amount": 100, "Category": "Shoes"}),
+               ("b1", {"Amount": 200, "Category": "Books"}),
+               ("b2", {"Amount": 300, "Category": "shoe care"}),
+               ("b3", {"Category": "Books"})]
+    r = client.post("/api/v1/events", headers=tenant.bearer, json={"events": [
+        {"identity": who, "name": "Charged", "properties": props, "message_id": f"c-{who}"}
+        for who, props in charges]})
+    assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
+
+
+def charged(*filters: tuple[str, str, Any], **where: Any) -> dict[str, Any]:
+    props = [{"name": n, "operator": op, **({} if v is None else {"value": v})}
+             for n, op, v in filters]
+    return {"event_name": "Charged", "event_properties": props, **where}
+
+
+def profile(*fields: tuple[str, str, Any]) -> dict[str, Any]:
+    return {"common_profile_properties": {"profile_fields": [
+        {"name": n, "operator": op, **({} if v is None else {"value": v})}
+        for n, op, v in fields]}}
+
+
+def test_where_event_properties_and_negative_operators(client, tenant):
+    seed_charges(client, tenant)
+
+    def estimate(where: dict[str, Any]) -> int:
+        r = client.post("/1/targets/estimate.json", headers=tenant.clevertap,
+                        json={"where": where})
+        assert r.status_code == 200, (where, r.text)
+        return r.json()["estimates"]["total"]
+
+    assert estimate(charged()) == 4
+    # event property filters narrow the event, not the profile
+    assert estimate(charged(("Amount", "greater_than", 150))) == 2
+    assert estimate(charged(("Amount", "greater_than", 150),
+                            **{"from": YESTERDAY, "to": TODAY})) == 2
+    assert estimate(charged(("Amount", "less_than_equals", 200))) == 2
+    assert estimate(charged(("Amount", "between", [100, 200]))) == 2
+    assert estimate(charged(("Category", "contains", "shoe"))) == 2
+    assert estimate(charged(("Category", "does_not_contain", "shoe"))) == 2
+    assert estimate(charged(("Category", "equals", ["Books", "Shoes"]))) == 3
+    assert estimate(charged(("Category", "not_equals", ["Books", "Shoes"]))) == 1
+    assert estimate(charged(("Amount", "exists", None))) == 3
+    assert estimate(charged(("Amount", "does_not_exist", None))) == 1
+    assert estimate(charged(("Amount", "greater_than", 150),
+                            ("Category", "does_not_contain", "shoe"))) == 1
+    # the negative operators on profile fields: set and not containing / not set
+    assert estimate(profile(("plan", "does_not_contain", "gold"))) == 2
+    assert estimate(profile(("plan", "does_not_exist", None))) == 2
+    assert estimate(profile(("plan", "exists", None))) == 4
+    assert estimate({**charged(("Amount", "greater_than", 150)),
+                     **profile(("plan", "does_not_contain", "GOLD"))}) == 1
+
+    # what create stores is the same audience, event filters included
+    r = client.post("/1/targets/create.json", headers=tenant.clevertap, json={
+        "name": "Big spenders", "target_mode": "webhook",
+        "content": {"title": "Hi", "body": "Body"},
+        "where": {**charged(("Amount", "greater_than", 150),
+                            ("Category", "does_not_exist", None)),
+                  **profile(("plan", "does_not_exist", None))}})
+    assert r.status_code == 200 and r.json()["estimates"] == {"total": 0}, r.text
+    r = client.get(f"/api/v1/campaigns/{r.json()['id']}", headers=tenant.bearer)
+    assert r.json()["audience"] == {"and": [
+        {"event": "Charged", "where": [
+            {"property": "Amount", "op": ">", "value": 150},
+            {"property": "Category", "op": "is not set"}]},
+        {"property": "plan", "op": "is not set"}]}
+
+
+def test_where_rejects_what_it_does_not_understand(client, tenant):
+    seed_charges(client, tenant)
+    amount = {"name": "Amount", "operator": "greater_than", "value": 150}
+    # (where, words the error must hold)
+    bad = [
+        ({**charged(), "session_properties": []}, ["where", "'session_properties'"]),
+        ({**charged(), "event_property": [amount]}, ["where", "'event_property'"]),
+        ({**profile(("plan", "exists", None)), "foo": None}, ["where", "'foo'"]),
+        ({"common_profile_properties": {"profile_fields": [], "geo_fields": [[1, 2]]}},
+         ["where.common_profile_properties", "'geo_fields'"]),
+        ({"event_name": "Charged", "event_properties": [{**amount, "type": "number"}]},
+         ["where.event_properties[0]", "'type'"]),
+        ({"event_name": "Charged", "event_properties": [{"name": "Amount", "op": ">",
+                                                         "value": 150}]},
+         ["where.event_properties[0]", "'op'"]),
+        (profile(("plan", "exists", None)) | {"common_profile_properties": {
+            "profile_fields": [{"name": "plan", "operator": "exists", "is": 1}]}},
+         ["where.common_profile_properties.profile_fields[0]", "'is'"]),
+        ({"event_properties": [amount], **profile(("plan", "exists", None))},
+         ["where.event_properties", "event_name"]),
+        ({"from": YESTERDAY, "to": TODAY, **profile(("plan", "exists", None))},
+         ["where.from", "event_name"]),
+        ({"event_name": ""}, ["where.event_name"]),
+        ({"event_name": "Charged", "event_properties": amount},
+         ["where.event_properties", "list"]),
+        ({"event_name": "Charged", "event_properties": ["Amount"]},
+         ["where.event_properties[0]", "object"]),
+        ({"event_name": "Charged", "event_properties": [{"operator": "exists"}]},
+         ["where.event_properties[0].name"]),
+        ({"event_name": "Charged", "event_properties": [{**amount, "operator": "like"}]},
+         ["where.event_properties[0].operator", "'like'", "does_not_contain"]),
+        ({"event_name": "Charged", "event_properties": [{**amount, "value": "lots"}]},
+         ["where.event_properties[0].value", "number"]),
+        ({"event_name": "Charged", "event_properties": [{**amount, "value": None}]},
+         ["where.event_properties[0].value"]),
+        (profile(("plan", "does_not_contain", "")),
+         ["where.common_profile_properties.profile_fields[0].value"]),
+        (profile(("plan", "equals", [])),
+         ["where.common_profile_properties.profile_fields[0].value"]),
+        (profile(("plan", "between", [5, 1])),
+         ["where.common_profile_properties.profile_fields[0].value"]),
+    ]
+    body = {"name": "T", "content": {"title": "Hi", "body": "Body"}}
+    for where, words in bad:
+        for route in ("estimate", "create"):
+            r = client.post(f"/1/targets/{route}.json", headers=tenant.clevertap,
+                            json={**body, "where": where})
+            fail_shape(r, 400, *words)
+    assert client.post("/1/targets/list.json", headers=tenant.clevertap).json()[
+        "targets"] == []

@@ -1,10 +1,11 @@
 """CleverTap-compatible campaign API: ``POST /1/targets/{create,estimate,list,result,stop}.json``.
 
 Requests are translated into Propel campaigns: ``where`` (an event with a date range
-and/or ``common_profile_properties.profile_fields``, which include prediction groups
-such as ``Predict Conversions`` = ``High``) or ``segment: "all"`` becomes the audience;
-``target_mode`` the channel; ``content`` the variant; ``when`` the schedule;
-``conversion_goal`` the goal. Ids are Propel campaign ids.
+and ``event_properties`` filters, and/or ``common_profile_properties.profile_fields``,
+which include prediction groups such as ``Predict Conversions`` = ``High``) or
+``segment: "all"`` becomes the audience; a ``where`` key that cannot be translated is
+rejected, never skipped; ``target_mode`` the channel; ``content`` the variant;
+``when`` the schedule; ``conversion_goal`` the goal. Ids are Propel campaign ids.
 """
 
 from __future__ import annotations
@@ -24,9 +25,21 @@ from propel.campaigns import service
 router = APIRouter(prefix="/1/targets", tags=["CleverTap-compatible"])
 MODES = {"push": "push", "email": "email", "sms": "sms", "webhook": "webhook",
          "inbox": "inbox", "app_inbox": "inbox", "app inbox": "inbox"}
+# CleverTap's query-language operators -> the audience grammar's. The grammar has its
+# own negations, so does_not_contain / does_not_exist, like not_equals, need no "not"
+# node, and inside an event they filter that event rather than the profile.
 OPERATORS = {"equals": "=", "not_equals": "!=", "contains": "contains",
-             "greater_than": ">", "less_than": "<", "greater_than_equals": ">=",
-             "less_than_equals": "<=", "exists": "is_set", "in": "in"}
+             "does_not_contain": "not contains", "greater_than": ">", "less_than": "<",
+             "greater_than_equals": ">=", "less_than_equals": "<=", "between": "between",
+             "exists": "is set", "does_not_exist": "is not set", "in": "in"}
+_NO_VALUE = ("is set", "is not set")
+# CleverTap reads a list value as "any of".
+_ANY_OF = {"=": "in", "!=": "not in"}
+WHERE_KEYS = ("event_name", "from", "to", "event_properties", "common_profile_properties")
+COMMON_KEYS = ("profile_fields",)
+FILTER_KEYS = ("name", "operator", "value")
+# The audience grammar's names for a condition's parts -> the keys the client sent.
+_FILTER_PART = {"property": "name", "op": "operator", "value": "value"}
 
 
 def _day(value: Any, field: str) -> str:
@@ -36,40 +49,111 @@ def _day(value: Any, field: str) -> str:
     return f"{text[:4]}-{text[4:6]}-{text[6:]}"
 
 
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid", message)
+
+
+def _known_keys(node: dict[str, Any], allowed: tuple[str, ...], field: str) -> None:
+    """A key we skipped would silently widen the audience, so none is skipped."""
+    for key in node:
+        if key not in allowed:
+            raise _invalid(f"{field}: unknown key {key!r}; supported: {', '.join(allowed)}")
+
+
+def _checked(cond: dict[str, Any], field: str) -> dict[str, Any]:
+    """Validate one property condition now, so the error names the client's field
+    (``...[0].value``) rather than a path in the translated rule."""
+    from propel.audiences import AudienceError, validate
+
+    try:
+        validate(cond)
+    except AudienceError as exc:
+        part, _, reason = str(exc).partition(": ")
+        head = part.split("[")[0]
+        at = f"{field}.{_FILTER_PART[head]}{part[len(head):]}" if head in _FILTER_PART \
+            else field
+        raise _invalid(f"{at}: {reason}") from None
+    return cond
+
+
+def _filter(node: Any, field: str) -> dict[str, Any]:
+    """One ``{name, operator, value}`` filter as an audience property condition."""
+    if not isinstance(node, dict):
+        raise _invalid(f"{field} must be an object with name, operator and value")
+    _known_keys(node, FILTER_KEYS, field)
+    name, word = node.get("name"), node.get("operator", "equals")
+    if not isinstance(name, str) or not name.strip():
+        raise _invalid(f"{field}.name must be a non-empty string")
+    op = OPERATORS.get(word.lower()) if isinstance(word, str) else None
+    if op is None:
+        raise _invalid(f"{field}.operator: unknown operator {word!r}; one of "
+                       f"{', '.join(OPERATORS)}")
+    if op in _NO_VALUE:  # a value sent along has nothing to compare with
+        return _checked({"property": name, "op": op}, field)
+    value = node.get("value")
+    if isinstance(value, list):
+        op = _ANY_OF.get(op, op)
+    return _checked({"property": name, "op": op, "value": value}, field)
+
+
+def _filters(node: dict[str, Any], key: str, field: str) -> list[dict[str, Any]]:
+    items = node.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise _invalid(f"{field} must be a list")
+    return [_filter(item, f"{field}[{i}]") for i, item in enumerate(items)]
+
+
+def _event_part(where: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``event_name`` base query with its window and event property filters."""
+    name = where.get("event_name")
+    if name is None:
+        for key in ("from", "to", "event_properties"):
+            if where.get(key) is not None:
+                raise _invalid(f"where.{key} needs where.event_name (the event it "
+                               "applies to)")
+        return []
+    if not isinstance(name, str) or not name.strip():
+        raise _invalid("where.event_name must be a non-empty string")
+    cond: dict[str, Any] = {"event": name}
+    start, end = where.get("from"), where.get("to")
+    if start is not None or end is not None:
+        if start is None or end is None:
+            raise _invalid("where needs both from and to (YYYYMMDD)")
+        cond["between"] = [_day(start, "where.from"), _day(end, "where.to")]
+    filters = _filters(where, "event_properties", "where.event_properties")
+    if filters:
+        cond["where"] = filters
+    return [cond]
+
+
+def _profile_parts(where: dict[str, Any]) -> list[dict[str, Any]]:
+    common = where.get("common_profile_properties")
+    if common is None:
+        return []
+    if not isinstance(common, dict):
+        raise _invalid("where.common_profile_properties must be an object")
+    _known_keys(common, COMMON_KEYS, "where.common_profile_properties")
+    return _filters(common, "profile_fields", "where.common_profile_properties.profile_fields")
+
+
 def audience_from(body: dict[str, Any]) -> dict[str, Any]:
+    """The audience rule for a request's ``where`` (or ``segment: "all"``); raises a
+    400 :class:`ApiError` naming the field for anything it cannot translate."""
     where, segment = body.get("where"), body.get("segment")
     if segment is not None and where is not None:
-        raise ApiError(400, "invalid", "give where or segment, not both")
+        raise _invalid("give where or segment, not both")
     if segment is not None:
         if segment != "all":
-            raise ApiError(400, "invalid", 'segment must be "all" (or give where)')
+            raise _invalid('segment must be "all" (or give where)')
         return {"and": []}
     if not isinstance(where, dict):
-        raise ApiError(400, "invalid", "give where (an object) or segment")
-    parts: list[dict[str, Any]] = []
-    if where.get("event_name"):
-        cond: dict[str, Any] = {"event": where["event_name"]}
-        if where.get("from") or where.get("to"):
-            if not (where.get("from") and where.get("to")):
-                raise ApiError(400, "invalid", "where needs both from and to (YYYYMMDD)")
-            cond["between"] = [_day(where["from"], "where.from"), _day(where["to"], "where.to")]
-        parts.append(cond)
-    common = where.get("common_profile_properties") or {}
-    if not isinstance(common, dict):
-        raise ApiError(400, "invalid", "where.common_profile_properties must be an object")
-    fields = common.get("profile_fields") or []
-    if not isinstance(fields, list):
-        raise ApiError(400, "invalid",
-                       "where.common_profile_properties.profile_fields must be a list")
-    for i, f in enumerate(fields):
-        op = OPERATORS.get(str(f.get("operator", "equals")).lower()) \
-            if isinstance(f, dict) else None
-        if op is None or not f.get("name"):
-            raise ApiError(400, "invalid", f"where.common_profile_properties.profile_fields[{i}]"
-                           f": needs name and an operator ({', '.join(OPERATORS)})")
-        parts.append({"property": f["name"], "op": op, "value": f.get("value")})
+        raise _invalid("give where (an object) or segment")
+    _known_keys(where, WHERE_KEYS, "where")
+    parts = [*_event_part(where), *_profile_parts(where)]
     if not parts:
-        raise ApiError(400, "invalid", "where has no event_name or profile_fields")
+        raise _invalid("where has no event_name or profile_fields")
     return parts[0] if len(parts) == 1 else {"and": parts}
 
 
