@@ -445,15 +445,17 @@ def test_export_csv_and_preview(propel, shop, tmp_path):
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows == [
-        ["identity", "email", "phone", "Predict Churn", "Predict Conversions"],
-        ["ann", "ann@gmail.com", "", "", "High"],
-        ["bob", "bob@yahoo.com", "+14155550123", "High", "Low"],
-        ["cy", "", "+33612345678", "", ""],
-        ["dee", "dee@proton.me", "", "", ""],
+        ["identity", "email", "phone", "Predict Churn", "Predict Churn score",
+         "Predict Conversions", "Predict Conversions score"],
+        ["ann", "ann@gmail.com", "", "", "", "High", "91.5"],
+        ["bob", "bob@yahoo.com", "+14155550123", "High", "88.0", "Low", "12.0"],
+        ["cy", "", "+33612345678", "", "", "", ""],
+        ["dee", "dee@proton.me", "", "", "", "", ""],
     ]
     assert audiences.export_csv(propel, shop.id, prop("x", "=", "y"), path) == 0
     assert path.read_text().splitlines() == [
-        "identity,email,phone,Predict Churn,Predict Conversions"]
+        "identity,email,phone,Predict Churn,Predict Churn score,Predict Conversions,"
+        "Predict Conversions score"]
 
     sample = audiences.preview(propel, shop.id, prop("ltv", ">", 1), limit=5)
     assert [u["identity"] for u in sample] == ["ann", "bob", "cy"]

@@ -239,8 +239,9 @@ def test_audiences_count_and_export(cli, propel, shop, other_tenant, tmp_path):
     assert code == 0 and f"wrote {N // 2} members" in out, err
     with target.open(newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["identity", "email", "phone", "Predict Conversions"]
-    assert rows[1:] == [[uid(i), f"{uid(i)}@example.test", "", "Low"]
+    assert rows[0] == ["identity", "email", "phone", "Predict Conversions",
+                       "Predict Conversions score"]
+    assert rows[1:] == [[uid(i), f"{uid(i)}@example.test", "", "Low", "50.0"]
                         for i in range(1, N, 2)]
 
     for command in (["count"], ["export", "-o", str(tmp_path / "x.csv")]):

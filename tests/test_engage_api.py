@@ -593,9 +593,11 @@ def test_audiences_count_preview_export_properties(client, propel, tenant, other
     r = client.post("/api/v1/audiences/export", json={"audience": high}, headers=h)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(r.text)))
-    assert rows[0] == ["identity", "email", "phone", "Predict Conversions"]
+    assert rows[0] == ["identity", "email", "phone", "Predict Conversions",
+                       "Predict Conversions score"]
     assert [row[0] for row in rows[1:]] == expected
-    assert all(row[1] == f"{row[0]}@example.test" and row[3] == "High" for row in rows[1:])
+    assert all(row[1] == f"{row[0]}@example.test" and row[3:] == ["High", "90.0"]
+               for row in rows[1:])
 
     r = client.get("/api/v1/audiences/properties", headers=h)
     assert r.status_code == 200

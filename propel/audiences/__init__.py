@@ -213,6 +213,10 @@ def preview(propel: Propel, account_id: str, rule: Any, limit: int = 20, *,
     return out
 
 
+def _score_text(score: float) -> str:
+    return "" if np.isnan(score) else f"{score:.1f}"
+
+
 def _group_at(col: Any, row: int) -> str | None:
     code = int(col.group.codes[row])
     return col.group.dictionary[code - 1].as_py() if code else None
@@ -220,8 +224,9 @@ def _group_at(col: Any, row: int) -> str | None:
 
 def export_csv(propel: Propel, account_id: str, rule: Any, path: str | Path, *,
                now: datetime | None = None) -> int:
-    """Write the members as CSV (identity, email, phone, one column per prediction with
-    its group) for ad-platform retargeting; returns the number of members written."""
+    """Write the members as CSV (identity, email, phone, then per prediction its group
+    and ``<name> score`` columns) for ad-platform retargeting; returns the number of
+    members written."""
     view, mask, _ = _evaluate(propel, account_id, rule, now, True)
     rows = np.flatnonzero(mask)
     state = view.profiles
@@ -233,12 +238,15 @@ def export_csv(propel: Propel, account_id: str, rule: Any, path: str | Path, *,
     emails = state.system["email"].decode(rows)
     phones = state.system["phone"].decode(rows)
     groups = {n: view.predictions[n].group.decode(rows) for n in names}
+    scores = {n: view.predictions[n].score[rows] for n in names}
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["identity", "email", "phone", *names])
+        writer.writerow(["identity", "email", "phone",
+                         *[c for n in names for c in (n, f"{n} score")]])
         for i, ident in enumerate(ids):
             writer.writerow([ident, emails[i] or "", phones[i] or "",
-                             *[groups[n][i] or "" for n in names]])
+                             *[c for n in names for c in (groups[n][i] or "",
+                                                          _score_text(scores[n][i]))]])
     return len(ids)
 
 
