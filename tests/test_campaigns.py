@@ -22,7 +22,7 @@ from propel.campaigns.dispatch import (
 )
 from propel.campaigns.engage import engage
 from propel.campaigns.stats import campaign_stats
-from propel.campaigns.tables import messages
+from propel.campaigns.tables import campaigns, messages
 from propel.channels.base import Outcome
 from propel.channels.fake import FakeChannel
 from propel.ingest.records import IngestItem, ProfileUpdate, key_hash
@@ -376,6 +376,40 @@ def test_dnd_delay_and_drop_in_delivery(propel, tenant):
     assert states(propel, drop.id) == {"suppressed": 10}
     deliver(propel, channel, now=night + timedelta(hours=5))  # 09:00 local
     assert states(propel, delay.id) == {"sent": 10}
+
+
+def test_a_recurring_campaign_is_editable_between_runs(propel, tenant):
+    add_users(propel, tenant.id, 4)
+    c = service.publish(propel, tenant.id, make_campaign(
+        propel, tenant.id, holdout_pct=0,
+        schedule={"type": "recurring", "every": "daily", "time": "10:00"}).id)
+    propel.db.write(lambda conn: conn.execute(campaigns.update().where(
+        campaigns.c.id == c.id).values(next_run_at=datetime.now(UTC) - timedelta(minutes=1))))
+    assert dispatch_campaign(propel, tenant.id, c.id) is not None
+    # while its run is sending, nothing changes
+    with pytest.raises(service.CampaignError, match="cannot be edited"):
+        service.update_campaign(propel, tenant.id, c.id, name="Too soon")
+    deliver(propel, Recorder())
+    finish_dispatches(propel)
+    new_content = {"variants": [{"name": "A", "split": 100, "subject": "Second",
+                                 "html": "<p>Two</p>"}]}
+    c = service.update_campaign(propel, tenant.id, c.id, content=new_content,
+                                schedule={"type": "recurring", "every": "daily",
+                                          "time": "11:30"})
+    assert c.status == "running" and c.content == new_content
+    assert (c.next_run_at.hour, c.next_run_at.minute) == (11, 30)
+    for change, words in (({"holdout_pct": 0.5}, "holdout_pct cannot be changed"),
+                          ({"channel": "sms"}, "channel cannot be changed"),
+                          ({"schedule": {"type": "now"}}, "stays recurring")):
+        with pytest.raises(service.CampaignError, match=words):
+            service.update_campaign(propel, tenant.id, c.id, **change)
+    # the next run sends the new content
+    propel.db.write(lambda conn: conn.execute(campaigns.update().where(
+        campaigns.c.id == c.id).values(next_run_at=datetime.now(UTC) - timedelta(minutes=1))))
+    assert dispatch_campaign(propel, tenant.id, c.id) is not None
+    channel = Recorder()
+    deliver(propel, channel)
+    assert {m.subject for m in channel.sent} == {"Second"} and len(channel.sent) == 4
 
 
 def test_edit_scheduled_until_it_runs_then_not(propel, tenant):

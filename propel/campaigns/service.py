@@ -22,6 +22,9 @@ from propel.db.meta import utcnow
 CHANNELS = ("email", "webhook", "inbox", "push", "sms")
 STATUSES = ("draft", "scheduled", "running", "completed", "stopped")
 EDITABLE = ("draft", "scheduled")
+# What a recurring campaign may change between runs: not what defines its experiment
+# (channel, holdout, goal), so its results stay one comparison.
+BETWEEN_RUNS = ("name", "audience", "content", "schedule", "dnd", "caps", "rate_per_second")
 # A user-timezone schedule starts where the local time comes first (UTC+14).
 EARLIEST_OFFSET = timedelta(hours=14)
 
@@ -234,25 +237,48 @@ def list_campaigns(propel: Propel, account_id: str, *, prediction_id: str | None
 def update_campaign(propel: Propel, account_id: str, campaign_id: str, **changes: Any
                     ) -> Campaign:
     c = get_campaign(propel, account_id, campaign_id)
-    if c.status not in EDITABLE:
+    between_runs, next_run = _between_runs(propel, c), c.next_run_at
+    if c.status not in EDITABLE and not between_runs:
         raise CampaignError(f"a {c.status} campaign cannot be edited; duplicate it instead")
     for key, value in changes.items():
         if key not in Campaign.__dataclass_fields__ or key in ("id", "account_id", "status"):
             raise CampaignError(f"{key} cannot be changed")
+        if between_runs and key not in BETWEEN_RUNS:
+            raise CampaignError(f"{key} cannot be changed once a recurring campaign has run "
+                                f"(its results would mix two set-ups); duplicate it instead")
         setattr(c, key, value)
     _validate(propel, account_id, c)
-    if c.status == "scheduled":
+    if between_runs and c.schedule["type"] != "recurring":
+        raise CampaignError("schedule: a recurring campaign that has run stays recurring; "
+                            "stop it and duplicate it to send once")
+    if c.status == "scheduled" or between_runs:
         c.next_run_at = first_run_at(c.schedule, utcnow())
+    # the row must be as it was read: not started (or, between runs, not dispatched)
+    unchanged = (campaigns.c.status.in_(EDITABLE) if not between_runs else
+                 (campaigns.c.status == "running") & (campaigns.c.next_run_at == next_run))
 
     def _update(conn: Connection) -> None:
         done = conn.execute(update(campaigns).where(
-            campaigns.c.id == campaign_id, campaigns.c.status.in_(EDITABLE)).values(
+            campaigns.c.id == campaign_id, unchanged).values(
             updated_at=utcnow(), **_values(c))).rowcount
         if not done:  # it started running meanwhile
             raise CampaignError("the campaign started running before the edit was saved")
 
     propel.db.write(_update)
     return get_campaign(propel, account_id, campaign_id)
+
+
+def _between_runs(propel: Propel, c: Campaign) -> bool:
+    """A recurring campaign that has run, with a next run ahead and no run sending:
+    its timing, content and audience may change before the next run."""
+    if c.status != "running" or c.schedule.get("type") != "recurring" or not c.next_run_at:
+        return False
+    from propel.campaigns.tables import dispatches
+
+    with propel.db.read() as conn:
+        return conn.execute(select(dispatches.c.id).where(
+            dispatches.c.campaign_id == c.id, dispatches.c.status == "sending")
+            .limit(1)).first() is None
 
 
 def first_run_at(schedule: dict[str, Any], now: datetime) -> datetime:
