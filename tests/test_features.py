@@ -237,6 +237,29 @@ def test_system_events_do_not_change_features(shop: Shop) -> None:
     assert after.loc[users[0], "events_all"] == frame.loc[users[0], "events_all"] + 1
 
 
+def test_a_system_event_the_prediction_names_is_seen(shop: Shop) -> None:
+    # A goal of "Message Clicked": its features must see message clicks, while other
+    # system events stay out.
+    as_of = AS_OF - timedelta(days=3)
+    items = []
+    for i in range(3):
+        user = f"clicker-{i}"
+        items += [event(shop, user, "App Launched", as_of - timedelta(days=5)),
+                  event(shop, user, "Message Sent", as_of - timedelta(days=4, hours=i)),
+                  *[event(shop, user, "Message Clicked", as_of - timedelta(days=d, hours=i))
+                    for d in (2, 4)]]
+    ingest(shop, items)
+    spec, frame = features(shop, None, EVERYONE, as_of, goal="Message Clicked")
+    slug = dict(spec.events)["Message Clicked"]
+    assert "Message Sent" not in dict(spec.events)
+    for i in range(3):
+        row = frame.loc[f"clicker-{i}"]
+        assert row["goal_days"] == 2 and row[f"n_{slug}_30d"] == 2
+        assert row["events_all"] == 3  # the launch and two clicks; the send is left out
+    charged, _ = features(shop, None, EVERYONE, as_of)  # a Charged goal names no clicks
+    assert "Message Clicked" not in dict(charged.events)
+
+
 def test_labels_read_only_the_window_after_the_date(shop: Shop) -> None:
     as_of = AS_OF - timedelta(days=5)
     window = timedelta(days=14)

@@ -7,7 +7,8 @@ can run the very same definitions over the lake's Parquet files.
 
 Point in time: every feature reads only events with ``ts < as_of`` and each alias as it
 pointed before ``as_of`` (``aliases`` holds every re-pointing); system events (message
-sends, ``Likelihood Changed``, names starting with ``$``) are left out. Labels read
+sends, ``Likelihood Changed``, names starting with ``$``) are left out unless the
+prediction names them (its goal). Labels read
 ``as_of <= ts < as_of + window``.
 """
 
@@ -128,9 +129,13 @@ def goal_match_sql(event: str, where: tuple[Condition, ...]) -> str:
     return "(" + " AND ".join(parts) + ")"
 
 
-def _system_filter() -> str:
-    names = ", ".join(lit(n) for n in SYSTEM_EVENTS)
-    return f"name NOT IN ({names}) AND substr(name, 1, 1) <> '$'"
+def _system_filter(named: tuple[str, ...] = ()) -> str:
+    """Leave out system events, except those the prediction names (its goal, a tracked
+    event): a goal of ``Message Clicked`` must see message clicks."""
+    names = ", ".join(lit(n) for n in SYSTEM_EVENTS if n not in named)
+    keep = " OR ".join(f"name = {lit(n)}" for n in named if n.startswith("$"))
+    system = f"(name NOT IN ({names}) AND substr(name, 1, 1) <> '$')"
+    return f"({system} OR {keep})" if keep else system
 
 
 def resolved_sql(kind: str, start: datetime | None, end: datetime) -> str:
@@ -252,7 +257,7 @@ def feature_sql(spec: FeatureSpec, audience: Audience, as_of: datetime) -> str:
              CAST(floor(epoch(ts) / 86400) AS BIGINT) AS ev_day,
              CAST(floor(epoch(ts) / 3600) AS BIGINT) % 24 AS ev_hour
       FROM ({resolved_sql('event', None, as_of)}) r
-      WHERE {_system_filter()}
+      WHERE {_system_filter((spec.goal_event, *(name for name, _ in spec.events)))}
     ),
     agg AS (
       SELECT uid, {', '.join(f'{expr} AS {alias}' for expr, alias in aggs)}
