@@ -9,6 +9,7 @@ import hashlib
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -298,6 +299,55 @@ def test_when_lightgbm_loses_the_best_baseline_is_promoted(
     assert preds.get(world.propel, world.account_id, prediction.id).current_version == 1
 
 
+def test_a_current_version_that_cannot_be_read_does_not_stop_retraining(world: World
+                                                                         ) -> None:
+    prediction = conversions(world)
+    current = registry.get_version(world.propel.db, prediction.id, prediction.current_version)
+    path = Path(current.artifact_path)
+    blob = path.read_bytes()
+    path.unlink()
+    try:
+        result = preds.train(world.propel, world.account_id, prediction.id, as_of=END, seed=7)
+    finally:
+        path.write_bytes(blob)
+    assert result.promoted and result.metrics["current"] is None
+    assert result.reason.startswith("promoted: ")
+    assert (f"; current version {current.version} could not be read (model artifact "
+            in result.reason)
+    assert result.reason.endswith("cannot be read: No such file or directory); promoted "
+                                  "without comparing")
+    after = preds.get(world.propel, world.account_id, prediction.id)
+    assert after.current_version == result.version.version > current.version
+    assert preds.score(world.propel, world.account_id, prediction.id, as_of=END).rows > 500
+
+
+@pytest.fixture
+def berlin_time() -> Iterator[None]:
+    """The process's local time zone is Europe/Berlin (one hour ahead of UTC)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_dates_without_a_time_zone_are_utc(world: World, berlin_time: None) -> None:
+    naive = datetime(2026, 11, 1)
+    assert training.start_of_day(naive) == datetime(2026, 11, 1, tzinfo=UTC)
+    assert training.start_of_day(datetime(2026, 11, 1, 23, 30)) == datetime(
+        2026, 11, 1, tzinfo=UTC)
+    prediction = conversions(world)
+    result = preds.score(world.propel, world.account_id, prediction.id,
+                         as_of=END.replace(tzinfo=None))
+    assert result.as_of == END
+
+
 def test_too_little_data_says_what_is_needed(world: World) -> None:
     rare = preds.create_prediction(world.propel, world.account_id, from_template(
         "conversions", name="Big spenders", goal_where=(parse_where("amount > 1000000000"),)))
@@ -310,6 +360,14 @@ def test_too_little_data_says_what_is_needed(world: World) -> None:
     with pytest.raises(preds.NotEnoughData,
                        match=r"needs at least \d+ days of events .*; found \d+ days"):
         preds.train(world.propel, world.account_id, long.id, as_of=END)
+    # a date before the first event: no negative count of days, the date it starts
+    with snapshot(world.propel.db, world.propel.lake, world.account_id) as (con, _):
+        first = training._data_range(con)[0].date()
+    with pytest.raises(preds.NotEnoughData) as caught:
+        preds.train(world.propel, world.account_id, rare.id,
+                    as_of=datetime(2020, 1, 1, tzinfo=UTC))
+    assert str(caught.value) == (f"needs at least 49 days of events before 2020-01-01; the "
+                                 f"account's events start on {first}")
     for prediction in (rare, long):
         assert registry.list_versions(world.propel.db, prediction.id) == []
         with pytest.raises(NotTrained):
@@ -373,12 +431,24 @@ def test_each_run_appends_history_and_users_who_leave_lose_their_score(world: Wo
     runs = list_runs(world.propel, prediction.id)
     assert [r["rows"] for r in runs[:2]] == [second.rows, first.rows]
     assert all(r["outcome"] == "ok" and r["finished_at"] for r in runs)
-    # when nobody is left in the audience, nobody keeps a score
-    empty = preds.score(world.propel, world.account_id, prediction.id,
-                        as_of=END + timedelta(days=200))
-    assert (empty.rows, empty.changed) == (0, 0) and score_rows(world, prediction.id) == []
-    assert list_runs(world.propel, prediction.id)[0]["outcome"] == "ok"
+
+def test_an_empty_audience_fails_and_keeps_the_current_scores(world: World) -> None:
+    """Nobody in the audience is a wrong date or missing data, not everyone leaving:
+    replacing the scores with nothing would wipe them all (a scheduled run too)."""
+    prediction = conversions(world)
     preds.score(world.propel, world.account_id, prediction.id, as_of=END)
+    before = sorted(score_rows(world, prediction.id), key=lambda r: r["identity"])
+    assert before
+    for as_of in (datetime(2020, 1, 1, tzinfo=UTC), END + timedelta(days=200)):
+        day = as_of.date().isoformat()
+        with pytest.raises(preds.NotEnoughData, match=(
+                rf"nobody is in the audience of 'Predict Conversions' as of {day} \(users "
+                rf"with an event before {day}, active within 90 days before it, with no "
+                r"App Uninstalled\); the current scores are kept")):
+            preds.score(world.propel, world.account_id, prediction.id, as_of=as_of)
+        assert sorted(score_rows(world, prediction.id), key=lambda r: r["identity"]) == before
+        run = list_runs(world.propel, prediction.id)[0]
+        assert run["outcome"] == "failed" and "NotEnoughData" in run["error"]
 
 
 def _likelihood_events(world: World, prediction_id: str, as_of: datetime) -> list[tuple]:

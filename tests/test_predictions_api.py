@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +17,7 @@ from propel.demo.run import _event_items, _profile_items
 from propel.demo.synth import SyntheticApp
 from propel.ingest.service import ingest_sync
 from propel.lake.flush import flush_batches
+from propel.predictions import registry
 
 END = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -143,7 +148,11 @@ def test_cli_predictions(propel, tenant, monkeypatch, tmp_path, settings):
     table = pq.read_table(out)
     assert table.column_names == ["identity", "probability", "score", "group",
                                   "model_version", "scored_at"]
-    assert run(cli_app, ["predictions", "show", "Buyers"]).exit_code == 0
+    shown = run(cli_app, ["predictions", "show", "Buyers"])
+    assert shown.exit_code == 0
+    for title in ("Validation", "Groups on validation", "Calibration", "Gains",
+                  "Audience size vs precision", "Top drivers"):
+        assert title in shown.output, title
     r = run(cli_app, ["predictions", "backtest", "Nope", "--as-of", "2026-05-18"])
     assert r.exit_code == 1 and "no prediction" in r.output
     r = run(cli_app, ["predictions", "train", "Buyers", "--as-of", "June"])
@@ -176,3 +185,98 @@ def test_one_training_and_one_scoring_at_a_time(client, propel, tenant):
             "scoring_runs"] == []
     assert client.post(f"/api/v1/predictions/{pid}/score", headers=h,
                        json=as_of).status_code == 200
+
+
+@pytest.fixture
+def berlin_time() -> Iterator[None]:
+    """The server's local time zone is Europe/Berlin (one hour ahead of UTC)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_scores_outlive_bad_dates_broken_models_and_aliases(client, propel, tenant):
+    load_shop(propel, tenant.id, users=600, days=70)
+    h = tenant.bearer
+    pid = client.post("/api/v1/predictions", json={"template": "conversions"},
+                      headers=h).json()["id"]
+    url = f"/api/v1/predictions/{pid}"
+    assert client.post(f"{url}/train", headers=h, json={"as_of": END.isoformat()}
+                       ).status_code == 200
+    assert client.post(f"{url}/score", headers=h, json={"as_of": END.isoformat()}
+                       ).status_code == 200
+    groups = client.get(f"{url}/groups", headers=h).json()
+    assert sum(groups["groups"].values()) > 100
+
+    # a date before the data: no scores are wiped, and the messages say why
+    early = {"as_of": "2020-01-01T00:00:00Z"}
+    r = client.post(f"{url}/score", headers=h, json=early)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_enough_data"
+    assert "nobody is in the audience" in r.json()["error"]["message"]
+    assert "as of 2020-01-01 (users with an event before 2020-01-01, active within 90 " \
+        "days" in r.json()["error"]["message"]
+    assert client.get(f"{url}/groups", headers=h).json() == groups
+    r = client.post(f"{url}/train", headers=h, json=early)
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert message.startswith("needs at least 49 days of events before 2020-01-01; the "
+                              "account's events start on 2026-")
+    assert "found" not in message
+
+    # an alias merged into a scored user finds that user's score
+    from propel import profiles
+    from propel.predictions.tables import user_predictions
+
+    with propel.db.read() as conn:
+        ident = conn.execute(user_predictions.select().with_only_columns(
+            user_predictions.c.identity).limit(1)).scalar()
+    propel.db.write(lambda conn: profiles.merge_identities(conn, tenant.id, "anon-merged",
+                                                           ident, 0))
+    mine = client.get(f"{url}/users/{ident}", headers=h)
+    alias = client.get(f"{url}/users/anon-merged", headers=h)
+    assert mine.status_code == alias.status_code == 200 and alias.json() == mine.json()
+    assert client.get(f"{url}/users/anon-unknown", headers=h).status_code == 404
+
+    # a broken artifact: score and backtest say so (no 500), retraining repairs it
+    version = registry.get_version(propel.db, pid, 1)
+    path = Path(version.artifact_path)
+    path.write_bytes(path.read_bytes() + b"tampered")
+    for r in (client.post(f"{url}/score", headers=h, json={"as_of": END.isoformat()}),
+              client.get(f"{url}/backtest", headers=h, params={"as_of": "2026-05-18"})):
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert error["code"] == "model_unreadable" and "checksum" in error["message"]
+        assert str(propel.settings.data_dir) not in error["message"]  # no server paths
+    r = client.post(f"{url}/train", headers=h, json={"as_of": END.isoformat()})
+    assert r.status_code == 200, r.text
+    assert r.json()["promoted"] and r.json()["version"]["version"] == 2
+    assert "current version 1 could not be read (" in r.json()["reason"]
+    assert r.json()["reason"].endswith("; promoted without comparing")
+    assert client.post(f"{url}/score", headers=h, json={"as_of": END.isoformat()}
+                       ).status_code == 200
+
+
+def test_api_dates_without_a_time_zone_are_utc(client, propel, tenant, berlin_time):
+    load_shop(propel, tenant.id, users=600, days=70)
+    h = tenant.bearer
+    pid = client.post("/api/v1/predictions", json={"template": "conversions"},
+                      headers=h).json()["id"]
+    url = f"/api/v1/predictions/{pid}"
+    trained = client.post(f"{url}/train", headers=h, json={"as_of": "2026-06-01T00:00:00"})
+    assert trained.status_code == 200, trained.text
+    # the validation date is a window before the (UTC) training date
+    assert trained.json()["version"]["as_of"].startswith("2026-05-18T00:00:00")
+    r = client.get(f"{url}/backtest", headers=h, params={"as_of": "2026-05-18"})
+    assert r.status_code == 200 and r.json()["as_of"] == "2026-05-18"
+    assert client.post(f"{url}/score", headers=h, json={"as_of": "2026-06-01T00:00:00"}
+                       ).status_code == 200
+    runs = client.get(url, headers=h).json()["scoring_runs"]
+    assert runs[0]["as_of"].startswith("2026-06-01T00:00:00")

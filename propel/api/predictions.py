@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from propel import predictions as preds
+from propel import profiles
 from propel.api.auth import api_account, propel_of
 from propel.api.errors import ApiError
 from propel.predictions import registry, scoring
@@ -49,13 +50,23 @@ class PredictionIn(BaseModel):
         '{"mode": "probability", "high": 0.5, "medium": 0.2}')
 
 
+def _assume_utc(moment: datetime) -> datetime:
+    # a date or time without an offset means UTC, never the server's own time zone
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+
+
 class TrainIn(BaseModel):
-    as_of: datetime | None = Field(None, description="Train as if today were this date.")
+    as_of: UtcDatetime | None = Field(None, description="Train as if today were this date "
+                                      "(UTC unless it has an offset).")
     seed: int = 7
 
 
 class ScoreIn(BaseModel):
-    as_of: datetime | None = None
+    as_of: UtcDatetime | None = Field(None, description="Score as of this date (UTC unless "
+                                      "it has an offset).")
 
 
 def _spec(body: PredictionIn) -> PredictionSpec:
@@ -80,6 +91,12 @@ def _spec(body: PredictionIn) -> PredictionSpec:
         return PredictionSpec(**fields)
     except (SpecError, TypeError) as exc:
         raise ApiError(400, "invalid", str(exc)) from None
+
+
+def _unreadable(exc: registry.ArtifactError) -> ApiError:
+    # the current model cannot be used until a retraining replaces it: a state to fix,
+    # not a server fault
+    return ApiError(409, "model_unreadable", str(exc))
 
 
 def _find(request: Request, account_id: str, prediction_id: str) -> registry.Prediction:
@@ -149,6 +166,8 @@ async def train(request: Request, prediction_id: str, body: TrainIn | None = Non
         raise ApiError(422, "not_enough_data", str(exc)) from None
     except preds.AlreadyRunning as exc:
         raise ApiError(409, "already_running", str(exc)) from None
+    except registry.ArtifactError as exc:
+        raise _unreadable(exc) from None
     return {"version": result.version.as_dict(), "promoted": result.promoted,
             "reason": result.reason}
 
@@ -163,8 +182,12 @@ async def score(request: Request, prediction_id: str, body: ScoreIn | None = Non
                                          as_of=as_of)
     except preds.NotTrained as exc:
         raise ApiError(409, "not_trained", str(exc)) from None
+    except preds.NotEnoughData as exc:
+        raise ApiError(422, "not_enough_data", str(exc)) from None
     except preds.AlreadyRunning as exc:
         raise ApiError(409, "already_running", str(exc)) from None
+    except registry.ArtifactError as exc:
+        raise _unreadable(exc) from None
     return {"run_id": result.run_id, "rows": result.rows, "changed": result.changed,
             "groups": result.group_sizes, "expected_rates": result.expected_rates,
             "model_version": result.model_version}
@@ -174,8 +197,10 @@ async def score(request: Request, prediction_id: str, body: ScoreIn | None = Non
 def groups(request: Request, prediction_id: str, account_id: str = Depends(api_account)
            ) -> dict:
     p = _find(request, account_id, prediction_id)
-    runs = scoring.list_runs(propel_of(request), p.id, limit=1)
-    rates = (runs[0]["summary"] or {}).get("expected_rates") if runs else None
+    # a failed run (an empty audience, say) leaves the scores of the last good one
+    ok = next((r for r in scoring.list_runs(propel_of(request), p.id)
+               if r["outcome"] == "ok"), None)
+    rates = (ok["summary"] or {}).get("expected_rates") if ok else None
     return {"prediction": p.spec.name, "groups": scoring.group_sizes(propel_of(request), p.id),
             "expected_rates": rates}
 
@@ -185,7 +210,11 @@ def user_score(request: Request, prediction_id: str, identity: str,
                account_id: str = Depends(api_account)) -> dict:
     """One user's score, group and top reasons."""
     p = _find(request, account_id, prediction_id)
-    for s in scoring.current_scores(propel_of(request), account_id, identity):
+    propel = propel_of(request)
+    # scores are kept under the identity an alias (say an anonymous id) now points to
+    with propel.db.read() as conn:
+        canonical = profiles.resolve(conn, account_id, identity)
+    for s in scoring.current_scores(propel, account_id, canonical):
         if s["prediction_id"] == p.id:
             return s
     raise ApiError(404, "not_found", f"{identity!r} has no score in {p.spec.name!r}")
@@ -193,11 +222,14 @@ def user_score(request: Request, prediction_id: str, identity: str,
 
 @router.get("/{prediction_id}/backtest")
 def backtest(request: Request, prediction_id: str,
-             as_of: datetime = Query(..., description="Score as of this date, compare with "
-                                     "the window after it."),
+             as_of: UtcDatetime = Query(..., description="Score as of this date (UTC "
+                                        "unless it has an offset), compare with the window "
+                                        "after it."),
              account_id: str = Depends(api_account)) -> dict:
     p = _find(request, account_id, prediction_id)
     try:
         return preds.backtest(propel_of(request), account_id, p.id, as_of)
     except (preds.NotTrained, preds.NotEnoughData) as exc:
         raise ApiError(409, "unavailable", str(exc)) from None
+    except registry.ArtifactError as exc:
+        raise _unreadable(exc) from None

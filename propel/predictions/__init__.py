@@ -23,7 +23,13 @@ from propel.predictions import quality, registry
 from propel.predictions.exclusive import AlreadyRunning
 from propel.predictions.features import compute_features, labels, register_aliases
 from propel.predictions.registry import NotFound, Prediction
-from propel.predictions.scoring import NotTrained, ScoreResult, assign, score_prediction
+from propel.predictions.scoring import (
+    NotTrained,
+    ScoreResult,
+    assign,
+    empty_audience,
+    score_prediction,
+)
 from propel.predictions.spec import PredictionSpec, SpecError
 from propel.predictions.tables import user_predictions
 from propel.predictions.training import (
@@ -95,7 +101,7 @@ def backtest(propel: Propel, account_id: str, name_or_id: str, as_of: datetime
         y = labels(con, prediction.spec, as_of, frame.index)
         last = con.execute("SELECT max(ts) FROM events WHERE kind = 'event'").fetchone()[0]
     if len(frame) == 0:
-        raise NotEnoughData(f"nobody is in the audience as of {as_of.date()}")
+        raise NotEnoughData(empty_audience(prediction, as_of))
     end = as_of + timedelta(days=prediction.spec.window_days)
     prob = model.predict_proba(frame)
     groups = assign(prediction, model.raw_score(frame), prob, frame.index)

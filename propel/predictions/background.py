@@ -53,7 +53,9 @@ def train_and_score(propel: Propel, prediction: Prediction) -> int:
     result = train_prediction(propel, prediction)
     fresh = registry.get_by_id(propel.db, prediction.id)
     if fresh.current_version is not None and (result.promoted or fresh.last_scored_at is None):
-        with contextlib.suppress(AlreadyRunning):  # the next scoring takes the new model
+        # the version is saved either way: a busy scoring takes it next time, and an
+        # audience empty now is the scoring's to report
+        with contextlib.suppress(AlreadyRunning, NotEnoughData):
             score_prediction(propel, fresh)
     return result.version.version
 

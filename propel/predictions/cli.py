@@ -183,6 +183,12 @@ def _quality(metrics: dict[str, Any]) -> None:
         gains.add_row(str(row["decile"]), f"{row['count']:,}", _pct(row["rate"]),
                       _f(row["lift"], 2), _pct(row["cumulative_share_of_positives"]))
     console.print(gains)
+    sizes = Table("top share", "users", "precision", "recall", "lift",
+                  title="Audience size vs precision (targeting the top users by score)")
+    for row in q.get("size_vs_precision", []):
+        sizes.add_row(f"{row['share']:.0%}", f"{row['users']:,}", _pct(row["precision"]),
+                      _pct(row["recall"]), _f(row["lift"], 2))
+    console.print(sizes)
     drivers = Table("feature", "importance", title="Top drivers")
     for row in metrics.get("drivers", [])[:10]:
         drivers.add_row(row["feature"], f"{row['importance']:.1%}")

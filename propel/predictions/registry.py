@@ -245,14 +245,16 @@ class ArtifactError(ValueError):
 
 def load_model(version: ModelVersion) -> LikelihoodModel:
     """The version's model, after checking the artifact against its recorded SHA-256."""
+    # The file's name only: the message reaches API clients, the server's folders not.
+    name = Path(version.artifact_path).name
     try:
         blob = Path(version.artifact_path).read_bytes()
     except OSError as exc:
-        raise ArtifactError(f"model artifact {version.artifact_path} (version "
-                            f"{version.version}) cannot be read: {exc.strerror or exc}; "
-                            "retrain the prediction") from None
+        raise ArtifactError(f"model artifact {name} (version {version.version}) cannot be "
+                            f"read: {exc.strerror or type(exc).__name__}; retrain the "
+                            "prediction") from None
     if hashlib.sha256(blob).hexdigest() != version.artifact_sha256:
-        raise ArtifactError(f"model artifact {version.artifact_path} (version "
+        raise ArtifactError(f"model artifact {name} (version "
                             f"{version.version}) does not match its recorded checksum; "
                             "retrain the prediction")
     # Artifacts are written by Propel itself into its data folder, never uploaded.

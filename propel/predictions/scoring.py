@@ -29,8 +29,9 @@ from propel.predictions import quality, registry
 from propel.predictions.exclusive import one_at_a_time
 from propel.predictions.features import compute_features, register_aliases
 from propel.predictions.registry import Prediction
+from propel.predictions.spec import Audience
 from propel.predictions.tables import predictions, scoring_runs, user_predictions
-from propel.predictions.training import load_aliases
+from propel.predictions.training import NotEnoughData, as_utc, load_aliases
 
 log = logging.getLogger("propel.predictions")
 LIKELIHOOD_CHANGED = "Likelihood Changed"
@@ -111,7 +112,7 @@ def score_prediction(propel: Propel, prediction: Prediction, *, as_of: datetime 
                      ) -> ScoreResult:
     if prediction.current_version is None:
         raise NotTrained(f"prediction {prediction.spec.name!r} has no model yet; train it first")
-    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
+    as_of = as_utc(as_of or datetime.now(UTC))
     with one_at_a_time(propel, prediction, "score"):
         run_id = _start_run(propel, prediction, as_of)
         try:
@@ -133,12 +134,14 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
     with snapshot(propel.db, propel.lake, prediction.account_id) as (con, _):
         register_aliases(con, load_aliases(propel, prediction.account_id))
         frame = compute_features(con, model.feature_spec, prediction.spec.audience, as_of)
-    if len(frame):
-        raw = model.raw_score(frame)
-        prob = np.clip(model.predict_proba(frame), 0.0, 1.0)
-        reasons = _reasons_json(model, frame)
-    else:  # nobody in the audience now: everyone's score goes (models refuse 0 rows)
-        raw, prob, reasons = np.empty(0), np.empty(0), []
+    if len(frame) == 0:
+        # An empty audience is far likelier a wrong date or missing data than everyone
+        # leaving at once; replacing the scores with nothing would wipe them all.
+        raise NotEnoughData(empty_audience(prediction, as_of)
+                            + "; the current scores are kept")
+    raw = model.raw_score(frame)
+    prob = np.clip(model.predict_proba(frame), 0.0, 1.0)
+    reasons = _reasons_json(model, frame)
     groups = assign(prediction, raw, prob, frame.index)
     scores = np.round(prob * 100, 1)
     now = utcnow()
@@ -152,6 +155,24 @@ def _score(propel: Propel, prediction: Prediction, as_of: datetime, run_id: int)
     log.info("scored %s: %s users in %.1fs", prediction.spec.name, len(rows),
              time.perf_counter() - started)
     return ScoreResult(run_id, len(rows), len(changes), sizes, rates, version.version, as_of)
+
+
+def audience_rule(audience: Audience, as_of: datetime) -> str:
+    """The audience in words, e.g. "users with an event before 2026-06-01, active
+    within 90 days before it, with no App Uninstalled"."""
+    parts = [f"users with an event before {as_of.date()}"]
+    if audience.active_within_days:
+        parts.append(f"active within {audience.active_within_days} days before it")
+    if audience.new_within_days:
+        parts.append(f"first seen within {audience.new_within_days} days before it")
+    if audience.exclude_events:
+        parts.append(f"with no {' or '.join(audience.exclude_events)}")
+    return ", ".join(parts)
+
+
+def empty_audience(prediction: Prediction, as_of: datetime) -> str:
+    return (f"nobody is in the audience of {prediction.spec.name!r} as of {as_of.date()} "
+            f"({audience_rule(prediction.spec.audience, as_of)})")
 
 
 def _replace_scores(propel: Propel, prediction: Prediction, rows: list[tuple], version: int,

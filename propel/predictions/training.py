@@ -127,8 +127,16 @@ class Candidates:
     training: dict[str, Any]
 
 
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a moment without a time zone is taken as UTC already, since
+    ``astimezone`` would read it in the server's local zone and shift the day."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
 def start_of_day(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return as_utc(moment).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _hash_fraction(index: pd.Index, salt: str) -> np.ndarray:
@@ -214,6 +222,15 @@ def collect_snapshots(con: Any, spec: PredictionSpec, feature_spec: FeatureSpec,
     return snaps
 
 
+def _too_short(spec: PredictionSpec, first: datetime, last: datetime, end: datetime) -> str:
+    need = MIN_HISTORY_DAYS + 2 * spec.window_days
+    head = f"needs at least {need} days of events before {end.date()}"
+    if end <= first:  # a date before the data: a count of days would come out negative
+        return f"{head}; the account's events start on {first.date()}"
+    return (f"{head} to build a training and a validation snapshot; found "
+            f"{(end - first).days} days ({first.date()} … {last.date()})")
+
+
 def _goal_phrase(prediction: Prediction) -> str:
     spec = prediction.spec
     if spec.goal_absent:
@@ -244,23 +261,20 @@ def _train(propel: Propel, prediction: Prediction, as_of: datetime | None, seed:
         end = min(end, start_of_day(last) + timedelta(days=1))
         plan = plan_snapshots(first, end, spec.window_days)
         if plan is None:
-            need = MIN_HISTORY_DAYS + 2 * spec.window_days
-            raise NotEnoughData(
-                f"needs at least {need} days of events before {end.date()} to build a "
-                f"training and a validation snapshot; found {(end - first).days} days "
-                f"({first.date()} … {last.date()})")
+            raise NotEnoughData(_too_short(spec, first, last, end))
         share = sample_users(con, n_events, len(plan.dates), seed)
         if share < 1:
             say(f"sampling {share:.1%} of users ({n_events:,} events)")
         feature_spec = choose_feature_spec(con, spec, plan.validate)
         snaps = collect_snapshots(con, spec, feature_spec, plan.dates, seed, say)
-        current = _current_eval_inputs(propel, prediction, con, snaps[-1])
+        current, unreadable = _current_eval_inputs(propel, prediction, con, snaps[-1])
         lake_version = pin.lake_version
     feature_seconds = time.perf_counter() - started
     _check_enough(prediction, snaps)
     cands = fit_candidates(spec, feature_spec, plan, snaps, seed, say)
     models, reports, evaluation = cands.models, cands.reports, cands.evaluation
-    chosen, promoted, reason, current_report = _decide(models, reports, current, evaluation)
+    chosen, promoted, reason, current_report = _decide(models, reports, current, evaluation,
+                                                       unreadable=unreadable)
     model = models[chosen]
     eval_p = model.predict_proba(evaluation[0])
     groups = _groups(prediction, model.raw_score(evaluation[0]), eval_p, evaluation[0].index)
@@ -387,25 +401,34 @@ def _check_enough(prediction: Prediction, snaps: list[Snap]) -> None:
 
 
 def _current_eval_inputs(propel: Propel, prediction: Prediction, con: Any, newest: Snap
-                         ) -> tuple[ModelVersion, Model, pd.DataFrame] | None:
-    """The current version and the newest snapshot's features as *it* defines them."""
+                         ) -> tuple[tuple[ModelVersion, Model, pd.DataFrame] | None, str | None]:
+    """The current version and the newest snapshot's features as *it* defines them, or
+    None and why its artifact cannot be read: retraining is how a broken artifact is
+    repaired, so it must not need that artifact."""
     if prediction.current_version is None:
-        return None
+        return None, None
     version = registry.get_version(propel.db, prediction.id, prediction.current_version)
-    model = registry.load_model(version)
+    try:
+        model = registry.load_model(version)
+    except registry.ArtifactError as exc:
+        log.warning("training %s without comparing: %s", prediction.spec.name, exc)
+        why = str(exc).removesuffix("; retrain the prediction")
+        return None, f"current version {version.version} could not be read ({why})"
     own = compute_features(con, model.feature_spec, prediction.spec.audience, newest.as_of)
-    return version, model, own
+    return (version, model, own), None
 
 
 def _decide(models: dict[str, Model], reports: dict[str, dict[str, Any]],
-            current: tuple | None, evaluation: tuple[pd.DataFrame, np.ndarray]
-            ) -> tuple[str, bool, str, dict[str, Any] | None]:
+            current: tuple | None, evaluation: tuple[pd.DataFrame, np.ndarray],
+            unreadable: str | None = None) -> tuple[str, bool, str, dict[str, Any] | None]:
     """The promotion rule: LightGBM is the candidate when its validation log loss is
     lower than the best baseline's; otherwise the blend, when its log loss is; otherwise
     the best baseline. The candidate is promoted when it is not worse than the current
-    version. LightGBM comes first because where it already wins, the blend's edge over
-    it is within noise (a few thousandths, both ways, across data sets and splits) and
-    the blend costs more to score."""
+    version, or when the current version's artifact cannot be read (``unreadable``
+    says why): a version nobody can score with is no bar to clear. LightGBM comes first
+    because where it already wins, the blend's edge over it is within noise (a few
+    thousandths, both ways, across data sets and splits) and the blend costs more to
+    score."""
     def loss(kind: str) -> float | None:
         return reports.get(kind, {}).get("log_loss") if kind in models else None
 
@@ -448,6 +471,8 @@ def _decide(models: dict[str, Model], reports: dict[str, dict[str, Any]],
                     f"({cand_ll:.4f} > {current_report['log_loss']:.4f})")
         else:
             why += f"; not worse than current v{version.version} ({current_report['log_loss']:.4f})"
+    elif unreadable:
+        why += f"; {unreadable}; promoted without comparing"
     return chosen, promoted, ("promoted: " if promoted else "") + why, current_report
 
 
