@@ -56,6 +56,16 @@ def test_create_validates_and_lists(client, tenant, other_tenant):
         r = client.post("/api/v1/predictions", json=bad, headers=h)
         assert r.status_code == 400, bad
         assert word in r.json()["error"]["message"]
+    # a misspelt or mistyped audience key is refused, never ignored (it would widen
+    # who is scored)
+    for audience, field in [({"active_within_day": 30}, "audience.active_within_day"),
+                            ({"exclude_events": "App Uninstalled"},
+                             "audience.exclude_events")]:
+        r = client.post("/api/v1/predictions", headers=h,
+                        json={"template": "churn", "name": f"aud {field}",
+                              "audience": audience})
+        assert r.status_code == 422, r.text
+        assert any(p["field"].endswith(field) for p in r.json()["error"]["problems"]), r.text
     names = [p["name"] for p in client.get("/api/v1/predictions", headers=h).json()[
         "predictions"]]
     assert names == ["Predict Conversions", "Big spenders"]

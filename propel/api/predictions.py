@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from propel import predictions as preds
 from propel import profiles
@@ -33,6 +33,17 @@ class ConditionIn(BaseModel):
     value: Any = None
 
 
+class AudienceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key must not widen who is scored
+
+    active_within_days: int | None = Field(None, description="Only users active within "
+                                           "this many days before the as-of date.")
+    new_within_days: int | None = Field(None, description="Only users first seen within "
+                                        "this many days (new users).")
+    exclude_events: list[str] = Field([], description="Leave out users who did any of "
+                                      "these events (an uninstall).")
+
+
 class PredictionIn(BaseModel):
     name: str | None = Field(None, description="Defaults to the template's name.")
     template: str | None = Field(None, description=f"One of {', '.join(TEMPLATES)}.")
@@ -41,8 +52,7 @@ class PredictionIn(BaseModel):
     goal_absent: bool | None = Field(None, description="Goal is NOT doing goal_event (churn).")
     polarity: str | None = Field(None, description="desired or undesired")
     window_days: int | None = None
-    audience: dict[str, Any] | None = Field(
-        None, description="active_within_days, new_within_days, exclude_events")
+    audience: AudienceIn | None = None
     score_every_days: int | None = None
     retrain_every_days: int | None = None
     groups: dict[str, Any] | None = Field(
@@ -76,9 +86,9 @@ def _spec(body: PredictionIn) -> PredictionSpec:
         if "audience" in fields:
             aud = fields["audience"]
             fields["audience"] = Audience(
-                active_within_days=aud.get("active_within_days"),
-                new_within_days=aud.get("new_within_days"),
-                exclude_events=tuple(aud.get("exclude_events") or ()))
+                active_within_days=aud["active_within_days"],
+                new_within_days=aud["new_within_days"],
+                exclude_events=tuple(aud["exclude_events"]))
         if "groups" in fields:
             fields["groups"] = Groups(**fields["groups"])
         if body.goal_where:
