@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from propel import predictions
 from propel.cli import app as cli_app
 from propel.demo.run import _event_items, _profile_items
 from propel.demo.synth import SyntheticApp
@@ -139,6 +140,21 @@ def test_cli_predictions(propel, tenant, monkeypatch, tmp_path, settings):
     r = run(cli_app, ["predictions", "create", "Buyers", "--goal-event", "Charged",
                       "--window-days", "14", "--where", "amount > 0"])
     assert r.exit_code == 0, r.output
+    r = run(cli_app, ["predictions", "create", "Sure buyers", "--template", "conversions",
+                      "--groups-mode", "probability", "--high", "0.6",
+                      "--score-every-days", "2", "--retrain-every-days", "30",
+                      "--new-within-days", "60", "--exclude-event", "App Uninstalled"])
+    assert r.exit_code == 0 and "every 2 day(s), retrains every 30 days" in " ".join(
+        r.output.split())
+    sure = predictions.get(propel, tenant.id, "Sure buyers").spec
+    assert (sure.groups.mode, sure.groups.high, sure.groups.medium) == ("probability", 0.6,
+                                                                        0.2)
+    assert (sure.score_every_days, sure.retrain_every_days) == (2, 30)
+    assert (sure.audience.new_within_days, sure.audience.exclude_events) == (
+        60, ("App Uninstalled",))
+    r = run(cli_app, ["predictions", "create", "Odd", "--template", "churn",
+                      "--groups-mode", "deciles"])
+    assert r.exit_code == 1 and "groups.mode must be" in r.output
     r = run(cli_app, ["predictions", "score", "Buyers"])
     assert r.exit_code == 1 and "train it first" in r.output
     r = run(cli_app, ["predictions", "train", "Buyers", "--as-of", "2026-06-01"])

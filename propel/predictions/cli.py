@@ -55,6 +55,10 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(exc)
 
 
+# (high, medium) when only the mode is given
+GROUP_DEFAULTS = {"percentile": (0.2, 0.3), "probability": (0.5, 0.2)}
+
+
 @app.command("create")
 def create(
     name: str, account: AccountOpt = None,
@@ -67,8 +71,21 @@ def create(
     polarity: str | None = typer.Option(None, help="desired or undesired"),
     active_within_days: int | None = typer.Option(None, help="Score only users active "
                                                   "in the last N days."),
-    high: float | None = typer.Option(None, help="Share of users in High (default 0.2)."),
-    medium: float | None = typer.Option(None, help="Share in Medium (default 0.3)."),
+    new_within_days: int | None = typer.Option(None, help="Score only users first seen "
+                                               "in the last N days (new users)."),
+    exclude_event: list[str] | None = typer.Option(None, help="Leave out users who did "
+                                                   "this event, e.g. an uninstall "
+                                                   "(repeatable)."),
+    groups_mode: str = typer.Option("percentile", help="percentile: --high and --medium "
+                                    "are shares of users; probability: they are "
+                                    "likelihood thresholds."),
+    high: float | None = typer.Option(None, help="High: top share of users (default 0.2), "
+                                      "or from this likelihood (default 0.5)."),
+    medium: float | None = typer.Option(None, help="Medium: next share (default 0.3), or "
+                                        "from this likelihood (default 0.2)."),
+    score_every_days: int | None = typer.Option(None, help="Scoring cadence (default 1)."),
+    retrain_every_days: int | None = typer.Option(None, help="Retraining cadence "
+                                                  "(default 15)."),
 ) -> None:
     """Create a prediction (from a template, or a custom goal + window)."""
     from propel import predictions as preds
@@ -82,18 +99,24 @@ def create(
 
     propel, account_id = _context(account)
     fields: dict[str, Any] = {"name": name, "goal_event": goal_event,
-                              "window_days": window_days, "polarity": polarity}
+                              "window_days": window_days, "polarity": polarity,
+                              "score_every_days": score_every_days,
+                              "retrain_every_days": retrain_every_days}
     if absent:
         fields["goal_absent"] = True
 
     def build() -> PredictionSpec:
         if where:
             fields["goal_where"] = tuple(parse_where(w) for w in where)
-        if active_within_days:
-            fields["audience"] = Audience(active_within_days=active_within_days)
-        if high is not None or medium is not None:
-            fields["groups"] = Groups(high=high if high is not None else 0.2,
-                                      medium=medium if medium is not None else 0.3)
+        if active_within_days or new_within_days or exclude_event:
+            fields["audience"] = Audience(active_within_days=active_within_days,
+                                          new_within_days=new_within_days,
+                                          exclude_events=tuple(exclude_event or ()))
+        if high is not None or medium is not None or groups_mode != "percentile":
+            default_high, default_medium = GROUP_DEFAULTS.get(groups_mode, (0.2, 0.3))
+            fields["groups"] = Groups(mode=groups_mode,
+                                      high=high if high is not None else default_high,
+                                      medium=medium if medium is not None else default_medium)
         if template:
             return from_template(template, **fields)
         if not goal_event or not window_days:
@@ -103,7 +126,8 @@ def create(
     spec = _run(build)
     prediction = _run(preds.create_prediction, propel, account_id, spec)
     console.print(f"created [bold]{spec.name}[/] ({prediction.id}): {spec.goal_text} within "
-                  f"{spec.window_days} days, {spec.polarity}; scores daily, retrains every "
+                  f"{spec.window_days} days, {spec.polarity}; scores every "
+                  f"{spec.score_every_days} day(s), retrains every "
                   f"{spec.retrain_every_days} days")
 
 
