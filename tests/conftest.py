@@ -167,3 +167,20 @@ def cli(propel: Propel, tenant: Tenant):
         return result.exit_code, result.stdout, " ".join(result.stderr.split())
 
     return run
+
+
+@pytest.fixture
+def berlin_time() -> Iterator[None]:
+    """The process's local time zone is Europe/Berlin (one hour ahead of UTC), so a
+    date read in local time instead of UTC lands on another day."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()

@@ -9,7 +9,6 @@ import hashlib
 import math
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -319,22 +318,6 @@ def test_a_current_version_that_cannot_be_read_does_not_stop_retraining(world: W
     after = preds.get(world.propel, world.account_id, prediction.id)
     assert after.current_version == result.version.version > current.version
     assert preds.score(world.propel, world.account_id, prediction.id, as_of=END).rows > 500
-
-
-@pytest.fixture
-def berlin_time() -> Iterator[None]:
-    """The process's local time zone is Europe/Berlin (one hour ahead of UTC)."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "Europe/Berlin"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 def test_dates_without_a_time_zone_are_utc(world: World, berlin_time: None) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -211,22 +208,6 @@ def test_one_training_and_one_scoring_at_a_time(client, propel, tenant):
             "scoring_runs"] == []
     assert client.post(f"/api/v1/predictions/{pid}/score", headers=h,
                        json=as_of).status_code == 200
-
-
-@pytest.fixture
-def berlin_time() -> Iterator[None]:
-    """The server's local time zone is Europe/Berlin (one hour ahead of UTC)."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "Europe/Berlin"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 def test_scores_outlive_bad_dates_broken_models_and_aliases(client, propel, tenant):
