@@ -163,6 +163,13 @@ def test_cli_predictions(propel, tenant, monkeypatch, tmp_path, settings):
     report = json.loads(r.output)
     assert set(report) >= {"auc", "pr_auc", "log_loss", "brier", "groups"}
     assert set(report["groups"]["High"]) == {"size", "expected_rate", "realised_rate"}
+    # its window ended by the last outcome the model learnt from
+    assert report["in_sample"] is True
+    assert report["model_saw_outcomes_until"] == "2026-06-01"
+    r = run(cli_app, ["predictions", "backtest", "Buyers", "--as-of", "2026-05-18"])
+    assert "in sample" in " ".join(r.output.split())
+    r = run(cli_app, ["predictions", "backtest", "Buyers", "--as-of", "2026-05-25", "--json"])
+    assert json.loads(r.output)["in_sample"] is False  # its window runs past training
     out = tmp_path / "scores.parquet"
     r = run(cli_app, ["predictions", "export", "Buyers", "--format", "parquet", "-o", str(out)])
     assert r.exit_code == 0

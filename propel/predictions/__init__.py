@@ -103,6 +103,7 @@ def backtest(propel: Propel, account_id: str, name_or_id: str, as_of: datetime
     if len(frame) == 0:
         raise NotEnoughData(empty_audience(prediction, as_of))
     end = as_of + timedelta(days=prediction.spec.window_days)
+    seen_until = start_of_day(version.as_of) + timedelta(days=prediction.spec.window_days)
     prob = model.predict_proba(frame)
     groups = assign(prediction, model.raw_score(frame), prob, frame.index)
     return {
@@ -111,6 +112,10 @@ def backtest(propel: Propel, account_id: str, name_or_id: str, as_of: datetime
         # the data runs to the end of the day of its last event
         "window_complete": bool(last is not None and start_of_day(last) + timedelta(days=1)
                                 >= end),
+        # the model learnt from outcomes up to its newest snapshot's window end: a window
+        # that ends by then was seen in training, and its figures flatter the model
+        "in_sample": end <= seen_until,
+        "model_saw_outcomes_until": seen_until.date().isoformat(),
         "users": int(len(y)), "positives": int(y.sum()),
         "auc": quality.auc(y, prob), "pr_auc": quality.pr_auc(y, prob),
         "log_loss": quality.log_loss(y, prob), "brier": quality.brier(y, prob),

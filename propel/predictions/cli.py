@@ -268,6 +268,10 @@ def backtest(name: str, as_of: Annotated[str, typer.Option("--as-of", help="YYYY
                   f"{report['model_version']}): AUC {_f(report['auc'])}, PR-AUC "
                   f"{_f(report['pr_auc'])}, log loss {_f(report['log_loss'])}, Brier "
                   f"{_f(report['brier'])}")
+    if report["in_sample"]:
+        console.print(f"[yellow]in sample: the model learnt from outcomes up to "
+                      f"{report['model_saw_outcomes_until']}, this window's included, so "
+                      "these figures flatter it; backtest a later date[/]")
     if not report["window_complete"]:
         console.print("[yellow]the window after this date is not over yet: realised rates "
                       "are partial[/]")
