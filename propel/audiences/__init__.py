@@ -179,8 +179,10 @@ def members(propel: Propel, account_id: str, rule: Any, *, now: datetime | None 
     return _sorted_identities(view, np.flatnonzero(mask))
 
 
-def _named(parsed: Rule) -> list[str]:
-    return list(dict.fromkeys(n.property for n in walk(parsed) if isinstance(n, PropertyCond)))
+def named_properties(rule: Any) -> list[str]:
+    """The profile properties a rule tests, at any depth, each once in order."""
+    return list(dict.fromkeys(n.property for n in walk(validate(rule))
+                              if isinstance(n, PropertyCond)))
 
 
 def preview(propel: Propel, account_id: str, rule: Any, limit: int = 20, *,
@@ -194,7 +196,7 @@ def preview(propel: Propel, account_id: str, rule: Any, limit: int = 20, *,
         rows = np.sort(np.random.default_rng().choice(rows, size=max(limit, 0),
                                                       replace=False))
     state = view.profiles
-    wanted = [n for n in _named(parsed) if n in state.keys]
+    wanted = [n for n in named_properties(parsed) if n in state.keys]
     emails = state.system["email"].decode(rows)
     out = []
     for i, row in enumerate(rows.tolist()):

@@ -78,19 +78,11 @@ def _prediction_name(propel: Propel, campaign: Campaign) -> str | None:
             return get_by_id(propel.db, campaign.prediction_id).spec.name
         except NotFound:
             return None
-    named = {name.removesuffix(" score") for name in _rule_properties(campaign.audience)}
+    from propel.audiences import named_properties
+
+    named = {name.removesuffix(" score") for name in named_properties(campaign.audience)}
     used = named & {p.spec.name for p in list_all(propel.db, campaign.account_id)}
     return used.pop() if len(used) == 1 else None
-
-
-def _rule_properties(rule: Any) -> set[str]:
-    """Profile property names an audience rule tests, at any depth."""
-    if not isinstance(rule, dict):
-        return set()
-    if "property" in rule:
-        return {str(rule["property"])}
-    parts = rule.get("and") or rule.get("or") or [rule.get("not")]
-    return set().union(*(_rule_properties(p) for p in parts)) if parts else set()
 
 
 def _claim_run(conn: Connection, campaign: Campaign, run_at: datetime) -> bool:
