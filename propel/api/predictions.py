@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from propel import predictions as preds
 from propel import profiles
@@ -60,22 +60,14 @@ class PredictionIn(BaseModel):
         '{"mode": "probability", "high": 0.5, "medium": 0.2}')
 
 
-def _assume_utc(moment: datetime) -> datetime:
-    # a date or time without an offset means UTC, never the server's own time zone
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
-
-
 class TrainIn(BaseModel):
-    as_of: UtcDatetime | None = Field(None, description="Train as if today were this date "
+    as_of: datetime | None = Field(None, description="Train as if today were this date "
                                       "(UTC unless it has an offset).")
     seed: int = 7
 
 
 class ScoreIn(BaseModel):
-    as_of: UtcDatetime | None = Field(None, description="Score as of this date (UTC unless "
+    as_of: datetime | None = Field(None, description="Score as of this date (UTC unless "
                                       "it has an offset).")
 
 
@@ -232,7 +224,7 @@ def user_score(request: Request, prediction_id: str, identity: str,
 
 @router.get("/{prediction_id}/backtest")
 def backtest(request: Request, prediction_id: str,
-             as_of: UtcDatetime = Query(..., description="Score as of this date (UTC "
+             as_of: datetime = Query(..., description="Score as of this date (UTC "
                                         "unless it has an offset), compare with the window "
                                         "after it."),
              account_id: str = Depends(api_account)) -> dict:
