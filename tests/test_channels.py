@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -64,6 +65,14 @@ def kind(o: Outcome) -> str:
 
 
 # -- e-mail ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["pipelining", "one by one"])
+def smtp_peer(request: pytest.FixtureRequest) -> Iterator[SmtpPeer]:
+    """Every e-mail test runs against a relay that offers PIPELINING and one that does
+    not: the two ways a transaction is carried."""
+    with SmtpPeer(pipelining=request.param == "pipelining") as peer:
+        yield peer
 
 
 def email_config(peer: SmtpPeer, **kw: Any) -> EmailConfig:
@@ -205,6 +214,52 @@ async def test_email_address_smtp_cannot_carry_fails_alone_and_is_not_rewritten(
     assert all(o.error.startswith("invalid address") for o in outcomes[1:3])
     assert [m.rcpt_tos for m in smtp_peer.received] == [["ok@example.test"],
                                                         ['"john doe"@example.test']]
+
+
+async def test_email_envelope_is_pipelined_only_where_the_relay_offers_it(
+        smtp_peer: SmtpPeer) -> None:
+    channel = EmailChannel(email_config(smtp_peer))
+    batch = [outbound(f"p{i}", f"u{i}@example.test", text=f".{i}\n..dots\n.", html="")
+             for i in range(20)]
+    assert all(o.delivered for o in await channel.send(batch))
+    await channel.aclose()
+    expected = "pipelined" if smtp_peer.pipelining else "one by one"
+    assert smtp_peer.envelopes == [expected] * 20
+    # Lines starting with a dot survive the transparency procedure both ways.
+    assert [m.message.get_content().replace("\r\n", "\n") for m in smtp_peer.received] == [
+        f".{i}\n..dots\n.\n" for i in range(20)]
+
+
+async def test_email_refused_sender_fails_and_the_connection_carries_on(
+        smtp_peer: SmtpPeer) -> None:
+    channel = EmailChannel(email_config(smtp_peer))
+    smtp_peer.mail_reply = "553 5.7.1 Sender address rejected: not owned by you"
+    refused = await channel.send([outbound("m1", "a@example.test"), outbound("m2", "b@x.test")])
+    smtp_peer.mail_reply = "421 4.7.0 Too many errors, closing"
+    [closing] = await channel.send([outbound("m3", "c@example.test")])
+    smtp_peer.mail_reply = None
+    [ok] = await channel.send([outbound("m4", "d@example.test")])
+    await channel.aclose()
+    # About us, not the recipient: failed, never a bounce that would revoke consent.
+    assert [kind(o) for o in refused] == ["failed", "failed"]
+    assert "553 5.7.1" in (refused[0].error or "")
+    assert kind(closing) == "retryable"
+    assert ok.delivered and [m.rcpt_tos for m in smtp_peer.received] == [["d@example.test"]]
+    assert smtp_peer.connections == 2  # the 421 ended the first connection
+
+
+async def test_email_line_lost_after_the_content_is_outcome_unknown(smtp_peer: SmtpPeer) -> None:
+    channel = EmailChannel(email_config(smtp_peer))
+    smtp_peer.vanish_in_data = True
+    [lost] = await channel.send([outbound("v1", "a@example.test")])
+    smtp_peer.vanish_in_data = False
+    [ok] = await channel.send([outbound("v2", "b@example.test")])
+    await channel.aclose()
+    # The relay may have the message: retryable, but marked so that it is never resent
+    # blindly (the same Message-ID lets a deduplicating relay drop a resend).
+    assert kind(lost) == "retryable" and "outcome unknown" in (lost.error or "")
+    assert "DATA" in (lost.error or "")
+    assert ok.delivered and smtp_peer.connections == 2
 
 
 async def test_email_refused_data_is_failed_or_retryable(smtp_peer: SmtpPeer) -> None:

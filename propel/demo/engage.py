@@ -51,6 +51,13 @@ class _Sinks:
         sink = self
 
         class Handler:
+            async def handle_EHLO(self, server: Any, session: Any, envelope: Any,  # noqa: N802
+                                  hostname: str, responses: list[str]) -> list[str]:
+                # aiosmtpd serves pipelined commands in order; offering PIPELINING, as
+                # production relays do, lets the demo send the way Propel sends to them.
+                session.host_name = hostname
+                return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
             async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
                 sink.mails.append(envelope)
                 return "250 OK"

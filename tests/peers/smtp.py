@@ -1,9 +1,13 @@
 """SmtpPeer: a real SMTP server (aiosmtpd) on 127.0.0.1 that records what it receives.
 
-It can be told to answer chosen recipients with any reply (``reject`` → 550, ``defer``
-→ 451), to refuse every DATA, to close the connection after every N messages, to
-require STARTTLS or implicit TLS, and to require AUTH. It counts TCP connections, so
-a test can check that a batch travelled over one.
+It offers PIPELINING (RFC 2920) as production relays do, or not (``pipelining=False``):
+aiosmtpd reads commands in order from a buffered stream, so it serves a pipelining
+client correctly, but does not say so unless told; ``envelopes`` records for each MAIL
+whether RCPT and DATA came with it. It can be told to answer chosen recipients with
+any reply (``reject`` → 550, ``defer`` → 451), to refuse every MAIL or DATA, to drop
+the line after taking a message's content, to close the connection after every N
+messages, to require STARTTLS or implicit TLS, and to require AUTH. It counts TCP
+connections, so a test can check that a batch travelled over one.
 """
 
 from __future__ import annotations
@@ -46,6 +50,24 @@ class _Handler:
     def __init__(self, peer: SmtpPeer) -> None:
         self.peer = peer
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if not self.peer.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        # Whether RCPT and DATA came in the same write as MAIL, already waiting unread.
+        waiting = bytes(getattr(server._reader, "_buffer", b""))
+        if self.peer.mail_reply:
+            return self.peer.mail_reply
+        self.peer.envelopes.append("pipelined" if b"\r\nDATA\r\n" in waiting else "one by one")
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         reply = self.peer.rcpt_replies.get(address.lower())
@@ -58,6 +80,9 @@ class _Handler:
         peer = self.peer
         if peer.data_reply:
             return peer.data_reply
+        if peer.vanish_in_data:  # took the content, then the line broke before the reply
+            server.transport.abort()
+            return "250 never heard"
         content = envelope.original_content or envelope.content or b""
         login = session.auth_data
         peer.received.append(ReceivedMail(
@@ -121,14 +146,18 @@ class SmtpPeer:
     ``credentials`` (user, password) makes AUTH required."""
 
     def __init__(self, *, mode: str = "plain", cert: Certificate | None = None,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None, pipelining: bool = True) -> None:
         if mode != "plain" and cert is None:
             raise ValueError(f"mode {mode!r} needs a certificate")
         self.port = free_port()
         self.host = "127.0.0.1"
         self.received: list[ReceivedMail] = []
+        self.pipelining = pipelining
+        self.envelopes: list[str] = []  # per MAIL: "pipelined" or "one by one"
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply: str | None = None
+        self.mail_reply: str | None = None  # the answer to every MAIL FROM, if set
+        self.vanish_in_data = False
         self.drop_after: int | None = None
         self.connections = 0
         self.disconnections = 0
