@@ -398,6 +398,9 @@ def test_a_recurring_campaign_is_editable_between_runs(propel, tenant):
                                           "time": "11:30"})
     assert c.status == "running" and c.content == new_content
     assert (c.next_run_at.hour, c.next_run_at.minute) == (11, 30)
+    c = service.update_campaign(propel, tenant.id, c.id, name="Renamed", channel=c.channel,
+                                holdout_pct=c.holdout_pct)  # fixed fields, sent unchanged
+    assert c.name == "Renamed"
     for change, words in (({"holdout_pct": 0.5}, "holdout_pct cannot be changed"),
                           ({"channel": "sms"}, "channel cannot be changed"),
                           ({"schedule": {"type": "now"}}, "stays recurring")):

@@ -237,13 +237,15 @@ def list_campaigns(propel: Propel, account_id: str, *, prediction_id: str | None
 def update_campaign(propel: Propel, account_id: str, campaign_id: str, **changes: Any
                     ) -> Campaign:
     c = get_campaign(propel, account_id, campaign_id)
-    between_runs, next_run = _between_runs(propel, c), c.next_run_at
+    between_runs, next_run = is_between_runs(propel, c), c.next_run_at
     if c.status not in EDITABLE and not between_runs:
         raise CampaignError(f"a {c.status} campaign cannot be edited; duplicate it instead")
     for key, value in changes.items():
         if key not in Campaign.__dataclass_fields__ or key in ("id", "account_id", "status"):
             raise CampaignError(f"{key} cannot be changed")
         if between_runs and key not in BETWEEN_RUNS:
+            if value == getattr(c, key):  # a full record sent back unchanged
+                continue
             raise CampaignError(f"{key} cannot be changed once a recurring campaign has run "
                                 f"(its results would mix two set-ups); duplicate it instead")
         setattr(c, key, value)
@@ -268,7 +270,7 @@ def update_campaign(propel: Propel, account_id: str, campaign_id: str, **changes
     return get_campaign(propel, account_id, campaign_id)
 
 
-def _between_runs(propel: Propel, c: Campaign) -> bool:
+def is_between_runs(propel: Propel, c: Campaign) -> bool:
     """A recurring campaign that has run, with a next run ahead and no run sending:
     its timing, content and audience may change before the next run."""
     if c.status != "running" or c.schedule.get("type") != "recurring" or not c.next_run_at:
@@ -279,6 +281,11 @@ def _between_runs(propel: Propel, c: Campaign) -> bool:
         return conn.execute(select(dispatches.c.id).where(
             dispatches.c.campaign_id == c.id, dispatches.c.status == "sending")
             .limit(1)).first() is None
+
+
+def is_editable(propel: Propel, c: Campaign) -> bool:
+    """Draft and scheduled campaigns, and recurring ones between runs (some fields)."""
+    return c.status in EDITABLE or is_between_runs(propel, c)
 
 
 def first_run_at(schedule: dict[str, Any], now: datetime) -> datetime:

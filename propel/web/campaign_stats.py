@@ -319,7 +319,7 @@ def campaign_page(request: Request, campaign_id: str, series: str = "",
                   channel=CHANNEL_NAMES.get(c.channel, c.channel),
                   audience=audience, schedule=schedule_text(c),
                   goal=goal_text(c.goal), journey=journey,
-                  next_run=next_run_text(c),
+                  next_run=next_run_text(c), editable=service.is_editable(propel, c),
                   can_act=session.user.can("marketer") and journey is None, **context)
 
 

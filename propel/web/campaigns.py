@@ -27,6 +27,7 @@ from propel.campaigns.preview import preview_for
 from propel.web import audience_form, builder_form
 from propel.web.auth import signed_in
 from propel.web.builder_form import BuilderState
+from propel.web.campaign_stats import next_run_text
 from propel.web.engage import find_prediction, group_problem, render_engage
 from propel.web.templating import render
 
@@ -73,6 +74,14 @@ def _editable(request: Request, session: Session, campaign_id: str) -> service.C
         raise HTTPException(404, f"No campaign {campaign_id!r} in this account.") from None
 
 
+def _saved(request: Request, session: Session, campaign_id: str) -> service.Campaign | None:
+    try:
+        return service.get_campaign(propel_of(request), _account(session), campaign_id) \
+            if campaign_id else None
+    except LookupError:
+        return None
+
+
 def _page(request: Request, session: Session, state: BuilderState, *, status_code: int = 200,
           notice: str | None = None, partial: bool = False,
           preview: dict[str, Any] | None = None) -> Response:
@@ -83,7 +92,10 @@ def _page(request: Request, session: Session, state: BuilderState, *, status_cod
     if state.audience is not None:
         audience_form.with_paths(state.audience)
     campaign_id = state.values["campaign_id"]
+    saved = _saved(request, session, campaign_id)
     context = dict(
+        status=saved.status if saved else "draft",
+        next_run=next_run_text(saved) if saved and saved.status == "running" else None,
         state=state, v=state.values, errors=state.errors, props=props, extra_props=extra,
         count=_count_text(request, session, state, _types(props)), ops=audience_form.OPS,
         no_value=audience_form.NO_VALUE, channels=builder_form.CHANNEL_NAMES,
@@ -131,6 +143,9 @@ def _save(request: Request, session: Session, state: BuilderState, action: str,
         return _page(request, session, state, status_code=422)
     try:
         if campaign_id:
+            c = service.get_campaign(propel, account, campaign_id)
+            if service.is_between_runs(propel, c):
+                fields = _changed_while_running(request, session, c, fields)
             c = service.update_campaign(propel, account, campaign_id, **fields)
         else:
             c = service.create_campaign(propel, account, **fields)
@@ -142,6 +157,17 @@ def _save(request: Request, session: Session, state: BuilderState, action: str,
     if action == "publish":
         return RedirectResponse(f"/campaigns/{c.id}", status_code=303)
     return RedirectResponse(f"/campaigns/{c.id}/edit?saved=1", status_code=303)
+
+
+def _changed_while_running(request: Request, session: Session, c: service.Campaign,
+                           fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a recurring campaign between runs that the form may send: those
+    editable then, and any other one only when it differs from what the saved campaign
+    reads back as through the form (so the service names it as fixed)."""
+    saved, _ = builder_form.to_fields(builder_form.state_from_fields(vars(c), c.id),
+                                      _types(_properties(request, session)))
+    return {key: value for key, value in fields.items()
+            if key in service.BETWEEN_RUNS or value != saved.get(key)}
 
 
 # ------------------------------------------------------------------ pages
@@ -187,7 +213,7 @@ async def create(request: Request, session: Session = Depends(signed_in("markete
 def edit_campaign(request: Request, campaign_id: str, saved: str = "",
                   session: Session = Depends(signed_in())) -> Response:
     c = _editable(request, session, campaign_id)
-    if c.status not in service.EDITABLE:
+    if not service.is_editable(propel_of(request), c):
         return _locked(request, c)
     state = builder_form.state_from_fields(vars(c), campaign_id=c.id)
     notice = None
@@ -202,7 +228,7 @@ def edit_campaign(request: Request, campaign_id: str, saved: str = "",
 async def update(request: Request, campaign_id: str,
                  session: Session = Depends(signed_in("marketer"))) -> Response:
     c = _editable(request, session, campaign_id)
-    if c.status not in service.EDITABLE:
+    if not service.is_editable(propel_of(request), c):
         return _locked(request, c)
     form = await request.form()
     state = builder_form.state_from_form(form)
