@@ -304,6 +304,32 @@ def test_each_dispatch_of_a_recurring_campaign_has_its_own_window(propel, tenant
         (d2, "u4"): (None, None)}
 
 
+def test_each_user_window_opens_when_the_run_was_due_for_them(propel, tenant):
+    """A run in each user's timezone starts at the earliest zone's time: a user 24 h
+    behind is reached a day later, and so is their window, holdout users alike."""
+    a = tenant.id
+    cid = add_campaign(propel, a, goal={"event": "Order Completed", "window_hours": 24})
+    did = add_dispatch(propel, a, cid, T0)
+    late = T0 + 24 * H  # due a day after the run started
+    add_messages(propel, a, cid, did, {"east": "sent", "east-holdout": "holdout"})
+    add_messages(propel, a, cid, did, {"west": "sent", "west-holdout": "holdout"}, due_at=late)
+    plant(propel, a, [
+        event(a, "east", T0 + 23 * H), event(a, "east-holdout", T0 + 25 * H),  # in / out
+        event(a, "west", T0 + 23 * H),  # before their message: not a conversion
+        event(a, "west", T0 + 30 * H), event(a, "west-holdout", late + 23 * H),
+    ])
+    assert attribute_conversions(propel, cid, now=T0 + 100 * H) == 3
+    assert by_user(propel, cid) == {
+        "east": (T0 + 23 * H, None), "east-holdout": (None, None),
+        "west": (T0 + 30 * H, None), "west-holdout": (late + 23 * H, None)}
+    # while the late users' window is still open, it counts up to now
+    assert attribute_conversions(propel, cid, now=late + 10 * H) == 2
+    assert by_user(propel, cid)["west-holdout"] == (None, None)
+    # before it opens, nothing counts for them
+    assert attribute_conversions(propel, cid, now=late - H / 2) == 1
+    assert by_user(propel, cid)["west"] == (None, None)
+
+
 # --------------------------------------------------------------------------------------------
 # scale
 # --------------------------------------------------------------------------------------------

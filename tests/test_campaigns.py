@@ -378,6 +378,26 @@ def test_dnd_delay_and_drop_in_delivery(propel, tenant):
     assert states(propel, delay.id) == {"sent": 10}
 
 
+def test_a_run_in_each_users_timezone_records_when_it_is_due_for_everyone(propel, tenant):
+    add_users(propel, tenant.id, 10, timezone="America/New_York")
+    c = service.publish(propel, tenant.id, make_campaign(
+        propel, tenant.id, holdout_pct=0.5,
+        schedule={"type": "recurring", "every": "daily", "time": "09:00",
+                  "user_timezone": True}).id)
+    propel.db.write(lambda conn: conn.execute(campaigns.update().where(
+        campaigns.c.id == c.id).values(next_run_at=datetime.now(UTC) - timedelta(minutes=1))))
+    c = service.get_campaign(propel, tenant.id, c.id)
+    run_at = c.next_run_at
+    assert dispatch_campaign(propel, tenant.id, c.id) is not None
+    with propel.db.read() as conn:
+        rows = conn.execute(select(messages.c.state, messages.c.due_at).where(
+            messages.c.campaign_id == c.id)).all()
+    due = service.local_send_time(c.schedule, run_at, "America/New_York")
+    assert {state for state, _ in rows} == {"holdout", "queued"}
+    # the holdout's conversion window opens when the messaged users' does
+    assert {at for _, at in rows} == {due}
+
+
 def test_a_recurring_campaign_is_editable_between_runs(propel, tenant):
     add_users(propel, tenant.id, 4)
     c = service.publish(propel, tenant.id, make_campaign(

@@ -1,10 +1,13 @@
 """Conversion attribution: did each targeted user (messaged *and* holdout, on the same
-clock) reach the campaign's goal within the window after the dispatch started?
+clock) reach the campaign's goal within the window after the run was due for them?
 
 Set-based: one lake snapshot for the whole campaign and, per dispatch, one DuckDB join
-between the dispatch's messages and the goal events in its window,
-``[dispatches.started_at, started_at + window_hours)`` (default 24 h, cut at ``now``
-while the window is still open). Both sides are resolved through the account's
+between the dispatch's messages and the goal events in their windows. A user's window
+is ``[due, due + window_hours)`` (default 24 h, cut at ``now`` while it is still open),
+where ``due`` is the dispatch's start or, for a campaign in each user's timezone, the
+user's local send time (``messages.due_at``, set for holdout users too): such a run
+starts at the earliest zone's time, up to a day before it reaches the last zone. Both
+sides are resolved through the account's
 aliases, so a conversion made under a merged anonymous id counts for the user, and a
 message sent to an id that was later merged into another still sees that identity's
 events. The same join compares the result with what the messages hold and returns only
@@ -26,6 +29,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, String, func, select, text, type_coerce
 
 from propel.campaigns.tables import campaigns, dispatches, messages
@@ -43,34 +47,42 @@ WRITE_CHUNK = 20_000
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def _goal_sql(goal: dict[str, Any], start: datetime, end: datetime) -> str:
-    """Per target identity whose goal was reached in [start, end): the first time (UTC
-    text) and the revenue; plus, for every target, what the message holds now."""
+def _goal_sql(goal: dict[str, Any], started: datetime, window: timedelta, now: datetime,
+              bounds: tuple[datetime, datetime]) -> str:
+    """Per target: the first goal time (UTC text) and the revenue in its own window,
+    ``[start, start + window)`` cut at ``now``, where ``start`` is the message's
+    ``due_at`` or else the dispatch's start; plus what the message holds now.
+    ``bounds`` (the earliest start, the latest end) only narrow the scan."""
     conds = [condition_sql(Condition(**c)) for c in goal.get("where") or []]
     where = "".join(f" AND {c}" for c in conds)  # conditions read ``properties``
     revenue = (f"TRY_CAST(TRY_CAST({json_text(goal['revenue_property'])} AS DOUBLE)"
                " AS DECIMAL(38, 6))" if goal.get("revenue_property") else "NULL")
-    first_day = start.astimezone(UTC).date().isoformat()
-    last_day = end.astimezone(UTC).date().isoformat()
+    low, high = bounds
+    first_day = low.astimezone(UTC).date().isoformat()
+    last_day = high.astimezone(UTC).date().isoformat()
+    seconds = int(window.total_seconds())
     return f"""
-      WITH goal_events AS (
-        SELECT identity, ts, {revenue} AS revenue
-        FROM events
+      WITH windows AS (
+        SELECT t.identity, t.cur_at, t.cur_rev, COALESCE(a.identity, t.identity) AS uid,
+               COALESCE(CAST(t.due_at || '+00:00' AS TIMESTAMPTZ), {ts_lit(started)}) AS opens
+        FROM targets t LEFT JOIN aliases a ON a.alias = t.identity
+      ), goal_events AS (
+        SELECT COALESCE(a.identity, e.identity) AS uid, e.ts, {revenue} AS revenue
+        FROM events e LEFT JOIN aliases a ON a.alias = e.identity
         WHERE kind = 'event' AND name = {lit(goal['event'])}
           AND event_date >= DATE '{first_day}' AND event_date <= DATE '{last_day}'
-          AND ts >= {ts_lit(start)} AND ts < {ts_lit(end)}{where}
-      ), per_user AS (
-        SELECT COALESCE(a.identity, g.identity) AS uid, min(g.ts) AS converted_at,
+          AND ts >= {ts_lit(low)} AND ts < {ts_lit(high)}{where}
+      ), per_target AS (
+        SELECT w.identity, min(g.ts) AS converted_at,
                CAST(sum(g.revenue) AS DOUBLE) AS revenue
-        FROM goal_events g LEFT JOIN aliases a ON a.alias = g.identity
-        GROUP BY 1
+        FROM windows w JOIN goal_events g ON g.uid = w.uid AND g.ts >= w.opens
+          AND g.ts < least(w.opens + INTERVAL {seconds} SECOND, {ts_lit(now)})
+        GROUP BY w.identity
       )
-      SELECT t.identity, t.cur_at, t.cur_rev,
+      SELECT w.identity, w.cur_at, w.cur_rev,
              strftime(CAST(p.converted_at AS TIMESTAMP), '{_TS_FORMAT}') AS new_at,
              p.revenue AS new_rev
-      FROM targets t
-      LEFT JOIN aliases a ON a.alias = t.identity
-      LEFT JOIN per_user p ON p.uid = COALESCE(a.identity, t.identity)"""
+      FROM windows w LEFT JOIN per_target p ON p.identity = w.identity"""
 
 
 def _diff_sql(goal_sql: str) -> str:
@@ -86,12 +98,9 @@ def _current(db: Database, dispatch_id: int) -> pa.Table:
     with the driver's own cursor: no per-row processing for 100,000s of rows)."""
     m = messages.c
     with db.read() as conn:
-        if conn.dialect.name == "sqlite":
-            at = type_coerce(m.converted_at, String)
-        else:
-            at = func.to_char(func.timezone("UTC", m.converted_at),
-                              "YYYY-MM-DD HH24:MI:SS.US", type_=String)
-        query = select(m.identity, at, m.revenue).where(m.dispatch_id == dispatch_id)
+        at = _utc_text(conn, m.converted_at)
+        query = select(m.identity, at, m.revenue, _utc_text(conn, m.due_at)).where(
+            m.dispatch_id == dispatch_id)
         compiled = query.compile(dialect=conn.dialect)
         params = compiled.construct_params()
         args = ([params[k] for k in compiled.positiontup] if compiled.positional else params)
@@ -103,7 +112,16 @@ def _current(db: Database, dispatch_id: int) -> pa.Table:
             cursor.close()
     return pa.table({"identity": pa.array([r[0] for r in rows], pa.string()),
                      "cur_at": pa.array([r[1] for r in rows], pa.string()),
-                     "cur_rev": pa.array([r[2] for r in rows], pa.float64())})
+                     "cur_rev": pa.array([r[2] for r in rows], pa.float64()),
+                     "due_at": pa.array([r[3] for r in rows], pa.string())})
+
+
+def _utc_text(conn: Connection, column: Any) -> Any:
+    """A timestamp column as UTC text in ``_TS_FORMAT`` (SQLite stores it so)."""
+    if conn.dialect.name == "sqlite":
+        return type_coerce(column, String)
+    return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US",
+                        type_=String)
 
 
 def attribute_conversions(propel: Propel, campaign_id: str, *, now: datetime | None = None
@@ -135,9 +153,9 @@ def attribute_conversions(propel: Propel, campaign_id: str, *, now: datetime | N
             if targets.num_rows == 0:
                 continue
             # a window not yet open finds nothing (and clears what no longer holds)
-            end = max(started, min(started + window, now))
             con.register("targets", targets)
-            rows = con.execute(_diff_sql(_goal_sql(goal, started, end))).fetchall()
+            sql = _goal_sql(goal, started, window, now, _bounds(targets, started, window, now))
+            rows = con.execute(_diff_sql(sql)).fetchall()
             con.unregister("targets")
             if rows:
                 total += rows[0][0]
@@ -146,6 +164,16 @@ def attribute_conversions(propel: Propel, campaign_id: str, *, now: datetime | N
                 chunk = changes[i:i + WRITE_CHUNK]
                 propel.db.write(lambda conn, d=dispatch_id, c=chunk: _record(conn, d, c))
     return total
+
+
+def _bounds(targets: pa.Table, started: datetime, window: timedelta, now: datetime
+            ) -> tuple[datetime, datetime]:
+    """The span every target's window lies in (empty when none is open yet)."""
+    due = [datetime.fromisoformat(t).replace(tzinfo=UTC)
+           for t in pc.unique(targets["due_at"].drop_null()).to_pylist()]
+    first = min([started, *due])
+    last = max([started, *due]) + window
+    return first, max(first, min(last, now))
 
 
 def _record(conn: Connection, dispatch_id: int,

@@ -32,7 +32,7 @@ log = logging.getLogger("propel.campaigns")
 ADDRESS = {"email": "email", "sms": "phone", "push": "push_tokens"}
 _MSG_COLUMNS = ("account_id", "campaign_id", "dispatch_id", "identity", "key", "variant",
                 "grp", "score", "model_version", "state", "reason", "attempts",
-                "next_attempt_at", "created_at")
+                "next_attempt_at", "created_at", "due_at")
 
 
 def in_holdout(campaign_id: str, identity: str, pct: float) -> bool:
@@ -144,7 +144,7 @@ def _message_rows(campaign: Campaign, members: list[Any], run_at: datetime,
         when = local_send_time(campaign.schedule, run_at, member.timezone)
         rows.append((campaign.account_id, campaign.id, member.identity, key,
                      choose_variant(variants, key) if variants else None, group, score,
-                     version, state, reason, 0, when, now))
+                     version, state, reason, 0, when, now, when))
     return rows
 
 
@@ -155,7 +155,7 @@ def _store_dispatch(conn: Connection, campaign: Campaign, run_at: datetime,
     dispatch_id = conn.execute(insert(dispatches).values(
         campaign_id=campaign.id, account_id=campaign.account_id, started_at=utcnow(),
         status="sending", targeted=len(rows)).returning(dispatches.c.id)).scalar()
-    stored = [(*r[:2], dispatch_id, *r[2:11], db_time(conn, r[11]), db_time(conn, r[12]))
+    stored = [(*r[:2], dispatch_id, *r[2:11], *(db_time(conn, t) for t in r[11:]))
               for r in rows]
     for start in range(0, len(stored), 5000):
         insert_many(conn, "messages", _MSG_COLUMNS, stored[start:start + 5000])

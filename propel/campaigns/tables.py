@@ -77,6 +77,9 @@ messages = Table(
     Column("converted_at", UTCDateTime()),
     Column("revenue", Float),
     Column("provider_ref", String(200)),
+    # When the run is due for this user (their local time, for a campaign in each
+    # user's timezone; NULL: the dispatch's start): where their conversion window opens.
+    Column("due_at", UTCDateTime()),
     UniqueConstraint("dispatch_id", "identity"),
     Index("ix_messages_state", "state", "next_attempt_at"),
     Index("ix_messages_campaign", "campaign_id", "state"),
