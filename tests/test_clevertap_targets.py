@@ -254,13 +254,14 @@ def test_node_client_create_estimate_list_result_stop(targets, live_server, prop
     assert got["lift"]["treated_n"] == len(treated)
     assert got["lift"]["holdout_n"] == len(held)
 
-    # stop the scheduled one; then it is stopped, and a second stop fails
+    # stop the scheduled one; then it is stopped, and a second stop is a success that
+    # does nothing, as CleverTap answers it
     assert ok(targets("stop", {"id": sid})) == {"status": "success"}
     r = http.post("/1/targets/result.json", json={"id": sid})
     assert r.status_code == 200 and r.json()["result"]["status"] == "stopped"
     r = http.post("/1/targets/stop.json", json={"id": sid})
-    assert r.status_code == 400 and r.json() == {
-        "status": "fail", "code": 400, "error": "the campaign is already stopped"}
+    assert r.status_code == 200 and r.json() == {"status": "success"}
+    assert campaign_of(live_server.url, tenant, sid)["status"] == "stopped"
     r = httpx.post(f"{live_server.url}/1/targets/result.json", json={"id": cid},
                    headers=other_tenant.clevertap)
     assert r.status_code == 404 and r.json()["status"] == "fail"
@@ -278,7 +279,7 @@ def test_request_shapes_and_errors(live_server, client, propel, tenant, other_te
     seed_shop(live_server.url, propel, tenant)
     http = httpx.Client(base_url=live_server.url, headers=tenant.clevertap, timeout=20)
     base = {"name": "T", "where": HIGH, "content": {"title": "Hi", "body": "Body"},
-            "devices": ["android"]}
+            "devices": ["android"], "target_mode": "push"}
 
     r = http.post("/1/targets/estimate.json", json=base)
     assert r.status_code == 200 and r.json() == {"status": "success",
@@ -314,6 +315,42 @@ def test_request_shapes_and_errors(live_server, client, propel, tenant, other_te
     assert c["caps"] == {"per_day": 3} and c["content"]["variants"][0]["body"] == "Body"
     assert c["schedule"] == {"type": "now"}
 
+    # the other documented shapes of when and conversion_goal
+    r = http.post("/1/targets/create.json", json={
+        **base, "when": {"type": "later", "delivery_date_time": ["20991231 09:30"],
+                         "delivery_timezone": "user"},
+        "conversion_goal": {"event_name": "Charged", "conversion_time": "1D",
+                            "filter_type": {"event_property": [
+                                {"property_name": "amount", "operator": "greater_than",
+                                 "property_value": 10},
+                                {"property_name": "Category", "operator": "equals",
+                                 "property_value": ["Books", "Shoes"]}]}}})
+    assert r.status_code == 200, r.text
+    c = campaign_of(live_server.url, tenant, r.json()["id"])
+    assert c["schedule"] == {"type": "at", "at": "2099-12-31T09:30:00", "user_timezone": True}
+    assert c["goal"] == {"event": "Charged", "window_hours": 24, "revenue_property": None,
+                         "where": [{"property": "amount", "op": ">", "value": 10},
+                                   {"property": "Category", "op": "in",
+                                    "value": ["Books", "Shoes"]}]}
+    for when, at in (("20991231 09:30", "2099-12-31T09:30:00+00:00"),
+                     ({"delivery_date_time": "20991231 09:30", "delivery_timezone": "account"},
+                      "2099-12-31T09:30:00+00:00")):
+        r = http.post("/1/targets/create.json", json={
+            **base, "when": when, "conversion_goal": {"event_name": "Charged",
+                                                      "conversion_time": "12h"}})
+        c = campaign_of(live_server.url, tenant, r.json()["id"])
+        assert c["schedule"] == {"type": "at", "at": at, "user_timezone": False}
+        assert c["goal"]["window_hours"] == 12
+    r = http.post("/1/targets/create.json", json={
+        **base, "when": {"type": "now"}, "conversion_goal": {
+            "event_name": "Charged", "conversion_time": 90}})
+    c = campaign_of(live_server.url, tenant, r.json()["id"])
+    assert c["schedule"] == {"type": "now"} and c["goal"]["window_hours"] == 1.5
+    # no where, or an empty one, is everyone (as in CleverTap)
+    for everyone in ({k: v for k, v in base.items() if k != "where"}, {**base, "where": {}}):
+        r = http.post("/1/targets/estimate.json", json=everyone)
+        assert r.status_code == 200 and r.json()["estimates"]["total"] == N
+
     # every error in CleverTap's shape, naming what is wrong; nothing is created
     before = len(http.post("/1/targets/list.json").json()["targets"])
     # (body, a word of the error, whether the error is about the audience)
@@ -321,8 +358,8 @@ def test_request_shapes_and_errors(live_server, client, propel, tenant, other_te
         ({**base, "target_mode": "fax"}, "target_mode", False),
         ({**base, "segment": "some", "where": None}, "segment", True),
         ({**base, "segment": "all"}, "not both", True),
-        ({k: v for k, v in base.items() if k != "where"}, "where", True),
-        ({**base, "where": {}}, "where", True),
+        ({k: v for k, v in base.items() if k != "target_mode"}, "target_mode is required",
+         False),
         ({**base, "where": "everyone"}, "where", True),
         ({**base, "where": {"event_name": "Added To Cart", "from": TODAY}}, "from and to",
          True),
@@ -351,6 +388,32 @@ def test_request_shapes_and_errors(live_server, client, propel, tenant, other_te
          "revenue_property", False),
         ({**base, "conversion_goal": {"event_name": "Charged",
                                       "conversion_time": 10**9}}, "window_hours", False),
+        ({**base, "conversion_goal": {"event_name": "Charged", "conversion_time": "30M"}},
+         "from 1 hour", False),
+        ({**base, "conversion_goal": {"event_name": "Charged", "conversion_time": "2W"}},
+         "conversion_time", False),
+        ({**base, "conversion_goal": {"event_name": "Charged", "goal": 1}},
+         "conversion_goal: unknown key 'goal'", False),
+        ({**base, "conversion_goal": {"event_name": "Charged",
+                                      "filter_type": {"first_time": True}}},
+         "conversion_goal.filter_type: unknown key 'first_time'", False),
+        ({**base, "conversion_goal": {"event_name": "Charged", "filter_type": {
+            "event_property": [{"property_name": "amount", "operator": "between",
+                                "property_value": [1, 2]}]}}},
+         "event_property[0].operator", False),
+        ({**base, "conversion_goal": {"event_name": "Charged", "filter_type": {
+            "event_property": [{"property_name": "amount", "operator": "greater_than"}]}}},
+         "event_property[0].property_value", False),
+        ({**base, "when": {"delivery_date_time": ["20991231 09:30", "20991231 10:30"]}},
+         "one time", False),
+        ({**base, "when": {"delivery_date_time": "20991231 09:30",
+                           "delivery_timezone": "mars"}}, "delivery_timezone", False),
+        ({**base, "when": {"delivery_date_time": "20991231 09:30",
+                           "dnd": {"message_state": "delay"}}}, "when: unknown key 'dnd'",
+         False),
+        ({**base, "when": {"type": "later"}}, "delivery_date_time is required", False),
+        ({**base, "when": {"type": "recurring", "delivery_date_time": "20991231 09:30"}},
+         "when.type", False),
     ]
     for body, word, about_audience in bad:
         fail_shape(http.post("/1/targets/create.json", json=body), 400, word)
@@ -359,7 +422,7 @@ def test_request_shapes_and_errors(live_server, client, propel, tenant, other_te
             fail_shape(estimate, 400, word)
         else:
             assert estimate.status_code == 200, (body, estimate.text)
-    for raw, word in [(b"{", "JSON"), (b"[1]", "object"), (b"", "where"),
+    for raw, word in [(b"{", "JSON"), (b"[1]", "object"), (b"", "target_mode"),
                       (b"\x1f\x8b broken", "")]:
         fail_shape(http.post("/1/targets/create.json", content=raw), 400, word)
     # (in process: over a socket the server may hang up while the client still writes)
@@ -527,7 +590,7 @@ def test_where_rejects_what_it_does_not_understand(client, tenant):
         (profile(("plan", "between", [5, 1])),
          ["where.common_profile_properties.profile_fields[0].value"]),
     ]
-    body = {"name": "T", "content": {"title": "Hi", "body": "Body"}}
+    body = {"name": "T", "content": {"title": "Hi", "body": "Body"}, "target_mode": "push"}
     for where, words in bad:
         for route in ("estimate", "create"):
             r = client.post(f"/1/targets/{route}.json", headers=tenant.clevertap,

@@ -5,7 +5,8 @@ and ``event_properties`` filters, and/or ``common_profile_properties.profile_fie
 which include prediction groups such as ``Predict Conversions`` = ``High``) or
 ``segment: "all"`` becomes the audience; a ``where`` key that cannot be translated is
 rejected, never skipped; ``target_mode`` the channel; ``content`` the variant;
-``when`` the schedule; ``conversion_goal`` the goal. Ids are Propel campaign ids.
+``when`` the schedule; ``conversion_goal`` the goal. A request without ``where`` (or
+with ``{}``) targets everyone, as CleverTap's does. Ids are Propel campaign ids.
 """
 
 from __future__ import annotations
@@ -148,12 +149,12 @@ def audience_from(body: dict[str, Any]) -> dict[str, Any]:
         if segment != "all":
             raise _invalid('segment must be "all" (or give where)')
         return {"and": []}
+    if where is None or where == {}:  # CleverTap: omitted or empty targets everyone
+        return {"and": []}
     if not isinstance(where, dict):
-        raise _invalid("give where (an object) or segment")
+        raise _invalid("where must be an object (omit it, or send {}, for everyone)")
     _known_keys(where, WHERE_KEYS, "where")
     parts = [*_event_part(where), *_profile_parts(where)]
-    if not parts:
-        raise _invalid("where has no event_name or profile_fields")
     return parts[0] if len(parts) == 1 else {"and": parts}
 
 
@@ -170,39 +171,133 @@ def content_from(channel: str, content: Any) -> dict[str, Any]:
     return {"variants": [{"name": "A", "split": 100, **variant}]}
 
 
+WHEN_KEYS = ("type", "delivery_date_time", "delivery_timezone")
+_DELIVERY_TIMEZONES = {"user": True, "account": False, "utc": False}
+
+
+def _send_time(value: Any, field: str) -> datetime:
+    """``"YYYYMMDD HH:MM"``, or CleverTap's list of them with one entry."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise _invalid(f"{field} must hold one time; Propel sends a campaign at one "
+                           "time (create a campaign per time)")
+        value = value[0]
+    try:
+        return datetime.strptime(str(value), "%Y%m%d %H:%M")
+    except ValueError:
+        raise _invalid(f"{field} must be 'YYYYMMDD HH:MM'") from None
+
+
 def schedule_from(when: Any) -> dict[str, Any]:
+    """``when``: ``"now"``, ``"YYYYMMDD HH:MM"`` (UTC), or ``{"type": "now" | "later",
+    "delivery_date_time": [...], "delivery_timezone": "user" | "account"}``; ``user``
+    sends at that wall-clock time in each user's timezone."""
     if when in (None, "now"):
         return {"type": "now"}
-    if isinstance(when, dict) and when.get("delivery_date_time"):
-        try:
-            at = datetime.strptime(str(when["delivery_date_time"]), "%Y%m%d %H:%M")
-        except ValueError:
-            raise ApiError(400, "invalid", "when.delivery_date_time must be "
-                           "'YYYYMMDD HH:MM'") from None
-        user_tz = when.get("type") == "user_timezone"
-        return {"type": "at", "at": (at if user_tz else at.replace(tzinfo=UTC)).isoformat(),
-                "user_timezone": user_tz}
-    raise ApiError(400, "invalid", 'when must be "now" or {"delivery_date_time": ...}')
+    if isinstance(when, str):
+        return {"type": "at", "at": _send_time(when, "when").replace(tzinfo=UTC).isoformat(),
+                "user_timezone": False}
+    if not isinstance(when, dict):
+        raise _invalid('when must be "now", "YYYYMMDD HH:MM" or an object with '
+                       "delivery_date_time")
+    _known_keys(when, WHEN_KEYS, "when")
+    kind = when.get("type")
+    if kind == "now" and when.get("delivery_date_time") is None:
+        return {"type": "now"}
+    if kind not in (None, "now", "later", "user_timezone"):
+        raise _invalid('when.type must be "now" or "later"')
+    if when.get("delivery_date_time") is None:
+        raise _invalid("when.delivery_date_time is required (or send when: \"now\")")
+    at = _send_time(when["delivery_date_time"], "when.delivery_date_time")
+    zone = str(when.get("delivery_timezone", "account")).lower()
+    if zone not in _DELIVERY_TIMEZONES:
+        raise _invalid('when.delivery_timezone must be "user" or "account"')
+    # "user_timezone" as the type is accepted from earlier Propel versions
+    user_tz = _DELIVERY_TIMEZONES[zone] or kind == "user_timezone"
+    return {"type": "at", "at": (at if user_tz else at.replace(tzinfo=UTC)).isoformat(),
+            "user_timezone": user_tz}
+
+
+_TIME_UNITS = {"M": 1, "H": 60, "D": 24 * 60}
+GOAL_KEYS = ("event_name", "conversion_time", "revenue_property", "filter_type")
+
+
+def _minutes(value: Any) -> float:
+    """``conversion_time``: minutes (a number or digits), or ``"<n>M"``, ``"<n>H"``,
+    ``"<n>D"`` as CleverTap writes it ("1D")."""
+    text = str(value).strip().upper() if isinstance(value, str | int | float) else ""
+    if isinstance(value, bool) or not text:
+        raise ValueError
+    unit = _TIME_UNITS.get(text[-1])
+    number = float(text[:-1] if unit else text)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError
+    return number * (unit or 1)
+
+
+# The operators a goal's event filter takes (the goal grammar's, fewer than audiences').
+GOAL_OPERATORS = {"equals": "=", "not_equals": "!=", "contains": "contains",
+                  "greater_than": ">", "less_than": "<", "greater_than_equals": ">=",
+                  "less_than_equals": "<=", "exists": "exists", "in": "in"}
+
+
+def _goal_filter(item: Any, field: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise _invalid(f"{field} must be an object with property_name, operator and "
+                       "property_value")
+    _known_keys(item, ("property_name", "operator", "property_value"), field)
+    name, word = item.get("property_name"), item.get("operator") or "equals"
+    if not isinstance(name, str) or not name.strip():
+        raise _invalid(f"{field}.property_name must be a non-empty string")
+    op = GOAL_OPERATORS.get(word.lower()) if isinstance(word, str) else None
+    if op is None:
+        raise _invalid(f"{field}.operator: unknown operator {word!r}; one of "
+                       f"{', '.join(GOAL_OPERATORS)}")
+    value = item.get("property_value")
+    if op == "exists":
+        return {"property": name, "op": op, "value": None}
+    if op == "=" and isinstance(value, list):  # CleverTap reads a list as "any of"
+        op = "in"
+    if value is None or isinstance(value, dict) or (op == "in") != isinstance(value, list):
+        raise _invalid(f"{field}.property_value must be "
+                       f"{'a list' if op == 'in' else 'a number or text'} for {word}")
+    return {"property": name, "op": op, "value": value}
+
+
+def _goal_filters(filter_type: Any) -> list[dict[str, Any]]:
+    """``filter_type.event_property``: ``[{property_name, operator, property_value}]``."""
+    if filter_type is None:
+        return []
+    if not isinstance(filter_type, dict):
+        raise _invalid("conversion_goal.filter_type must be an object")
+    _known_keys(filter_type, ("event_property",), "conversion_goal.filter_type")
+    items = filter_type.get("event_property") or []
+    if not isinstance(items, list):
+        raise _invalid("conversion_goal.filter_type.event_property must be a list")
+    return [_goal_filter(item, f"conversion_goal.filter_type.event_property[{i}]")
+            for i, item in enumerate(items)]
 
 
 def goal_from(goal: Any) -> dict[str, Any] | None:
     if not goal:
         return None
     if not isinstance(goal, dict) or not goal.get("event_name"):
-        raise ApiError(400, "invalid", "conversion_goal needs event_name")
-    minutes = goal.get("conversion_time", 24 * 60)
+        raise _invalid("conversion_goal needs event_name")
+    _known_keys(goal, GOAL_KEYS, "conversion_goal")
     try:
-        if isinstance(minutes, bool):
-            raise ValueError
-        minutes = int(float(minutes))
+        minutes = _minutes(goal.get("conversion_time", 24 * 60))
     except (TypeError, ValueError, OverflowError):
-        raise ApiError(400, "invalid", "conversion_goal.conversion_time must be a number "
-                       "of minutes") from None
+        raise _invalid('conversion_goal.conversion_time must be minutes, or like "12H" or '
+                       '"1D"') from None
+    if not 60 <= minutes <= 365 * 24 * 60:
+        raise _invalid("conversion_goal.conversion_time must be from 1 hour to 365 days "
+                       "(the goal's window_hours: 1 to 8760)")
     revenue = goal.get("revenue_property")
     if revenue is not None and not isinstance(revenue, str):
-        raise ApiError(400, "invalid", "conversion_goal.revenue_property must be a "
-                       "property name")
-    return {"event": goal["event_name"], "window_hours": minutes // 60 or 24,
+        raise _invalid("conversion_goal.revenue_property must be a property name")
+    hours = minutes / 60
+    return {"event": goal["event_name"], "where": _goal_filters(goal.get("filter_type")),
+            "window_hours": int(hours) if hours.is_integer() else round(hours, 4),
             "revenue_property": revenue}
 
 
@@ -240,7 +335,9 @@ def _count(propel: Any, account_id: str, audience: dict[str, Any]) -> int:
 
 
 def _create(propel: Any, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    channel = MODES.get(str(body.get("target_mode", "push")).lower())
+    if body.get("target_mode") is None:
+        raise _invalid(f"target_mode is required: one of {', '.join(MODES)}")
+    channel = MODES.get(str(body["target_mode"]).lower())
     if channel is None:
         raise ApiError(400, "invalid", f"target_mode must be one of {', '.join(MODES)}")
     audience = audience_from(body)
@@ -324,6 +421,8 @@ async def result(request: Request, account_id: str = Depends(clevertap_account))
 
 def _stop(request: Request, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
     c = _campaign(request, account_id, body)
+    if c.status == "stopped":  # as CleverTap answers: success, nothing to do
+        return {"status": "success"}
     try:
         service.stop(propel_of(request), account_id, c.id)
     except service.CampaignError as exc:
