@@ -343,9 +343,13 @@ def test_request_shapes_and_errors(live_server, client, propel, tenant, other_te
         assert c["goal"]["window_hours"] == 12
     r = http.post("/1/targets/create.json", json={
         **base, "when": {"type": "now"}, "conversion_goal": {
-            "event_name": "Charged", "conversion_time": 90}})
+            "event_name": "Charged", "conversion_time": 90},
+        "content": {"title": "Hi", "body": "Body", "platform_specific": {
+            "ios": {"mutable-content": "true"},
+            "android": {"deep_link": "app://cart", "wzrk_cid": "offers"}}}})
     c = campaign_of(live_server.url, tenant, r.json()["id"])
     assert c["schedule"] == {"type": "now"} and c["goal"]["window_hours"] == 1.5
+    assert c["content"]["variants"][0]["url"] == "app://cart"
     # no where, or an empty one, is everyone (as in CleverTap)
     for everyone in ({k: v for k, v in base.items() if k != "where"}, {**base, "where": {}}):
         r = http.post("/1/targets/estimate.json", json=everyone)

@@ -167,8 +167,20 @@ def content_from(channel: str, content: Any) -> dict[str, Any]:
     elif channel == "sms":
         variant = {"body": content["body"]}
     else:
-        variant = {"title": title, "body": content["body"], "url": content.get("url")}
+        variant = {"title": title, "body": content["body"], "url": _link(content)}
     return {"variants": [{"name": "A", "split": 100, **variant}]}
+
+
+def _link(content: dict[str, Any]) -> str | None:
+    """``url``, else the first ``platform_specific.<platform>.deep_link`` (one link per
+    message here, where CleverTap keeps one per platform)."""
+    if content.get("url"):
+        return content["url"]
+    platforms = content.get("platform_specific")
+    for options in (platforms.values() if isinstance(platforms, dict) else ()):
+        if isinstance(options, dict) and isinstance(options.get("deep_link"), str):
+            return options["deep_link"]
+    return None
 
 
 WHEN_KEYS = ("type", "delivery_date_time", "delivery_timezone")
