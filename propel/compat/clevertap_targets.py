@@ -77,18 +77,28 @@ def _checked(cond: dict[str, Any], field: str) -> dict[str, Any]:
     return cond
 
 
+def _name_and_op(node: Any, keys: tuple[str, str, str], operators: dict[str, str],
+                 field: str) -> tuple[str, str]:
+    """A filter's property name and operator, from its ``keys`` (name, operator, value
+    as the request spells them); the operator defaults to ``equals``."""
+    name_key, operator_key, value_key = keys
+    if not isinstance(node, dict):
+        raise _invalid(f"{field} must be an object with {name_key}, {operator_key} and "
+                       f"{value_key}")
+    _known_keys(node, keys, field)
+    name, word = node.get(name_key), node.get(operator_key) or "equals"
+    if not isinstance(name, str) or not name.strip():
+        raise _invalid(f"{field}.{name_key} must be a non-empty string")
+    op = operators.get(word.lower()) if isinstance(word, str) else None
+    if op is None:
+        raise _invalid(f"{field}.{operator_key}: unknown operator {word!r}; one of "
+                       f"{', '.join(operators)}")
+    return name, op
+
+
 def _filter(node: Any, field: str) -> dict[str, Any]:
     """One ``{name, operator, value}`` filter as an audience property condition."""
-    if not isinstance(node, dict):
-        raise _invalid(f"{field} must be an object with name, operator and value")
-    _known_keys(node, FILTER_KEYS, field)
-    name, word = node.get("name"), node.get("operator", "equals")
-    if not isinstance(name, str) or not name.strip():
-        raise _invalid(f"{field}.name must be a non-empty string")
-    op = OPERATORS.get(word.lower()) if isinstance(word, str) else None
-    if op is None:
-        raise _invalid(f"{field}.operator: unknown operator {word!r}; one of "
-                       f"{', '.join(OPERATORS)}")
+    name, op = _name_and_op(node, FILTER_KEYS, OPERATORS, field)
     if op in _NO_VALUE:  # a value sent along has nothing to compare with
         return _checked({"property": name, "op": op}, field)
     value = node.get("value")
@@ -248,31 +258,22 @@ def _minutes(value: Any) -> float:
 
 
 # The operators a goal's event filter takes (the goal grammar's, fewer than audiences').
+GOAL_FILTER_KEYS = ("property_name", "operator", "property_value")
 GOAL_OPERATORS = {"equals": "=", "not_equals": "!=", "contains": "contains",
                   "greater_than": ">", "less_than": "<", "greater_than_equals": ">=",
                   "less_than_equals": "<=", "exists": "exists", "in": "in"}
 
 
 def _goal_filter(item: Any, field: str) -> dict[str, Any]:
-    if not isinstance(item, dict):
-        raise _invalid(f"{field} must be an object with property_name, operator and "
-                       "property_value")
-    _known_keys(item, ("property_name", "operator", "property_value"), field)
-    name, word = item.get("property_name"), item.get("operator") or "equals"
-    if not isinstance(name, str) or not name.strip():
-        raise _invalid(f"{field}.property_name must be a non-empty string")
-    op = GOAL_OPERATORS.get(word.lower()) if isinstance(word, str) else None
-    if op is None:
-        raise _invalid(f"{field}.operator: unknown operator {word!r}; one of "
-                       f"{', '.join(GOAL_OPERATORS)}")
+    name, op = _name_and_op(item, GOAL_FILTER_KEYS, GOAL_OPERATORS, field)
     value = item.get("property_value")
     if op == "exists":
         return {"property": name, "op": op, "value": None}
     if op == "=" and isinstance(value, list):  # CleverTap reads a list as "any of"
         op = "in"
     if value is None or isinstance(value, dict) or (op == "in") != isinstance(value, list):
-        raise _invalid(f"{field}.property_value must be "
-                       f"{'a list' if op == 'in' else 'a number or text'} for {word}")
+        need = "a list" if op == "in" else "a number or text"
+        raise _invalid(f"{field}.property_value must be {need} for {op}")
     return {"property": name, "op": op, "value": value}
 
 
